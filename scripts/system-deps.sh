@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System programs the test suite drives for real: Chromium (drawing page), Prometheus (scraping),
+# a Docker engine and debootstrap (container images). Installs what is missing when run as root on Debian.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v dockerd >/dev/null || need+=(docker.io iptables)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "system-deps: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})." >&2
+    echo "system-deps: the tests that need them are skipped until then." >&2
+    exit 0
+fi
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
