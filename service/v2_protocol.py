@@ -1,0 +1,320 @@
+"""Open Inference Protocol (KServe V2) codec: request bodies to pixels, model outputs to response bodies.
+
+Pure functions, no I/O, so the wire format is testable without a server; the router reads the body and runs
+the batcher. Every size a client declares (shape, binary_data_size, header length) is checked against the
+limits and against the bytes actually received before anything is built from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import ApiError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+PIXELS = 28 * 28
+# Shapes accepted for the image input, after the batch dimension.
+IMAGE_SHAPES = ([PIXELS], [1, 28, 28])
+
+
+@dataclass(frozen=True)
+class InputType:
+    """How one wire datatype arrives: numpy dtype (little-endian on the wire), JSON types, value range."""
+
+    dtype: np.dtype
+    json_types: tuple[type, ...]
+    high: float
+
+
+INPUT_TYPES = {
+    "FP32": InputType(np.dtype("<f4"), (int, float), 1.0),
+    "UINT8": InputType(np.dtype("u1"), (int,), 255),
+}
+# numpy dtype -> V2 datatype, for outputs and model metadata.
+DATATYPES = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.bool_): "BOOL",
+}
+_INFLATE_WBITS = {"gzip": 31, "deflate": 15}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A validated request: `id` is None unless the client sent one (it is echoed only then)."""
+
+    id: str | None
+    datatype: str
+    pixels: np.ndarray  # [N, 784] in the wire dtype; values already checked against the datatype's range
+    outputs: tuple[RequestedOutput, ...]
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message, "invalid_request")
+
+
+def too_large(message: str) -> ApiError:
+    return ApiError(413, message, "too_large")
+
+
+def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """Undo a gzip/deflate Content-Encoding (tritonclient can compress requests), inflating at most
+    `max_bytes` so a small compressed bomb cannot exhaust memory."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    wbits = _INFLATE_WBITS.get(name)
+    if wbits is None:
+        raise ApiError(
+            415,
+            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
+            "unsupported_media_type",
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise bad_request(f"body is not valid {name} data ({exc})") from None
+    if len(data) > max_bytes:
+        raise too_large(f"decompressed body exceeds the limit of {max_bytes} bytes")
+    if not inflater.eof:
+        raise bad_request(f"{name} body is truncated")
+    return data
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None, *, input_name: str, output_names: Sequence[str], max_items: int
+) -> InferRequest:
+    """Validate an infer request (plain JSON, or JSON header + binary tensors) for the one image input."""
+    json_size = _header_size(header_length, len(body))
+    header = _load_json(body[:json_size])
+    binary = memoryview(body)[json_size:]
+    if not isinstance(header, dict):
+        raise bad_request("request must be a JSON object")
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise bad_request("id must be a string")
+    parameters = _object(header.get("parameters"), "parameters")
+    binary_default = _flag(parameters, "binary_data_output", "parameters")
+
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise bad_request(f"inputs must be a non-empty list; the model takes one input {input_name!r}")
+    names = [tensor.get("name") if isinstance(tensor, dict) else None for tensor in inputs]
+    if names != [input_name]:
+        raise bad_request(f"inputs are {names}; the model takes exactly one input {input_name!r}")
+    datatype, pixels, used = _decode_input(inputs[0], binary, max_items)
+    if used != len(binary):
+        raise bad_request(f"{len(binary)} bytes of binary data follow the JSON header; inputs declare {used}")
+    outputs = _requested_outputs(header.get("outputs"), output_names, binary_default)
+    return InferRequest(id=request_id, datatype=datatype, pixels=pixels, outputs=outputs)
+
+
+def encode_infer_response(
+    request: InferRequest, results: Mapping[str, np.ndarray], *, model_name: str, model_version: str
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers: JSON, or a JSON header + raw little-endian tensors when any output is binary."""
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        header["id"] = request.id
+    outputs, chunks = [], []
+    for output in request.outputs:
+        array = np.ascontiguousarray(results[output.name])
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": DATATYPES[array.dtype],
+            "shape": list(array.shape),
+        }
+        if output.binary:
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.ravel().tolist()
+        outputs.append(tensor)
+    header["outputs"] = outputs
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if not chunks:
+        return text, {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+    return b"".join([text, *chunks]), headers
+
+
+def tensor_metadata(name: str, dtype: np.dtype, shape: Iterable[int | str | None]) -> dict[str, Any]:
+    """One entry of model metadata `inputs`/`outputs`; symbolic or unknown dimensions become -1."""
+    return {
+        "name": name,
+        "datatype": DATATYPES[np.dtype(dtype)],
+        "shape": [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape],
+    }
+
+
+def _header_size(value: str | None, body_size: int) -> int:
+    if value is None:
+        return body_size
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 18 and 0 < int(text) <= body_size):
+        raise bad_request(
+            f"{HEADER_LENGTH} must be from 1 to the body size ({body_size} bytes), got {_short(value)}"
+        )
+    return int(text)
+
+
+def _short(value: Any) -> str:
+    """repr() capped in length: error messages quote client values, never at the client's length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_json(data: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(data), parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad_request("request JSON is nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError and JSONDecodeError
+        raise bad_request(f"request is not valid JSON: {exc}") from None
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"{where} must be a JSON object")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"{where}.{key} must be true or false")
+    return value
+
+
+def _reject_unsupported(parameters: dict[str, Any], where: str) -> None:
+    if "shared_memory_region" in parameters:
+        raise bad_request(f"{where}: shared memory is not supported; send data or binary tensors")
+    if "classification" in parameters:
+        raise bad_request(f"{where}: the classification extension is not supported; request 'probabilities'")
+
+
+def _batch_shape(tensor: dict[str, Any], name: str, max_items: int) -> list[int]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(type(dim) is int for dim in shape):
+        raise bad_request(f"input {name!r}: shape must be a list of integers")
+    if len(shape) < 2 or shape[1:] not in IMAGE_SHAPES:
+        raise bad_request(f"input {name!r} has shape {_short(shape)}; expected [N, 1, 28, 28] or [N, 784]")
+    if shape[0] < 1:
+        raise bad_request(f"input {name!r}: batch size must be at least 1, got {shape[0]}")
+    if shape[0] > max_items:
+        raise too_large(f"input {name!r}: batch of {shape[0]} images exceeds the limit of {max_items}")
+    return shape
+
+
+def _decode_input(tensor: Any, binary: memoryview, max_items: int) -> tuple[str, np.ndarray, int]:
+    """(datatype, pixels [N, 784], binary bytes consumed) for the image input."""
+    name = tensor["name"]
+    datatype = tensor.get("datatype")
+    kind = INPUT_TYPES.get(datatype) if isinstance(datatype, str) else None
+    if kind is None:
+        raise bad_request(
+            f"input {name!r} has datatype {_short(datatype)}; expected one of {list(INPUT_TYPES)}"
+        )
+    shape = _batch_shape(tensor, name, max_items)
+    parameters = _object(tensor.get("parameters"), f"input {name!r} parameters")
+    _reject_unsupported(parameters, f"input {name!r}")
+    if "binary_data_size" in parameters:
+        if "data" in tensor:
+            raise bad_request(f"input {name!r} has both data and parameters.binary_data_size")
+        pixels = _binary_pixels(parameters["binary_data_size"], binary, kind, name, shape)
+        return datatype, pixels, pixels.nbytes
+    if "data" not in tensor:
+        raise bad_request(f"input {name!r} has no data and no parameters.binary_data_size")
+    return datatype, _json_pixels(tensor["data"], kind, datatype, name, shape), 0
+
+
+def _binary_pixels(size: Any, binary: memoryview, kind: InputType, name: str, shape: list[int]) -> np.ndarray:
+    needed = shape[0] * PIXELS * kind.dtype.itemsize
+    if type(size) is not int or size != needed:
+        raise bad_request(f"input {name!r}: binary_data_size is {_short(size)}; shape {shape} needs {needed}")
+    if needed > len(binary):
+        raise bad_request(
+            f"input {name!r} needs {needed} bytes of binary data after the JSON header, whose length goes in"
+            f" {HEADER_LENGTH}; the body has {len(binary)}"
+        )
+    pixels = np.frombuffer(binary, dtype=kind.dtype, count=shape[0] * PIXELS).reshape(shape[0], PIXELS)
+    if not np.all((pixels >= 0) & (pixels <= kind.high)):  # NaN fails too
+        raise bad_request(f"input {name!r}: values must be in [0, {kind.high:g}]")
+    return pixels
+
+
+def _flatten(data: Any, shape: list[int], name: str) -> list[Any]:
+    """Row-major values of `data`, given flat or nested exactly as `shape`."""
+    total = math.prod(shape)
+    if isinstance(data, list) and len(data) == total and not isinstance(data[0], list):
+        return data
+    level = [data]
+    for dim in shape:
+        if not all(isinstance(node, list) and len(node) == dim for node in level):
+            raise bad_request(
+                f"input {name!r}: data must be a flat list of {total} values or nested as {shape}"
+            )
+        level = [item for node in level for item in node]
+    return level
+
+
+def _json_pixels(data: Any, kind: InputType, datatype: str, name: str, shape: list[int]) -> np.ndarray:
+    values = _flatten(data, shape, name)
+    for value in values:  # type() rather than isinstance(): JSON true/false are not pixels
+        if type(value) not in kind.json_types or not 0 <= value <= kind.high:
+            raise bad_request(
+                f"input {name!r}: {_short(value)} is not a {datatype} value in [0, {kind.high:g}]"
+            )
+    return np.array(values, dtype=kind.dtype).reshape(shape[0], PIXELS)
+
+
+def _requested_outputs(
+    requested: Any, output_names: Sequence[str], binary_default: bool
+) -> tuple[RequestedOutput, ...]:
+    if requested is None:
+        return tuple(RequestedOutput(name, binary_default) for name in output_names)
+    if not isinstance(requested, list) or not all(isinstance(output, dict) for output in requested):
+        raise bad_request("outputs must be a list of objects")
+    result = []
+    for output in requested:
+        name = output.get("name")
+        if name not in output_names:
+            raise bad_request(f"unknown output {_short(name)}; the model has {list(output_names)}")
+        if any(seen.name == name for seen in result):
+            raise bad_request(f"output {name!r} is requested twice")
+        parameters = _object(output.get("parameters"), f"output {name!r} parameters")
+        _reject_unsupported(parameters, f"output {name!r}")
+        binary = (
+            _flag(parameters, "binary_data", f"output {name!r} parameters")
+            if "binary_data" in parameters
+            else binary_default
+        )
+        result.append(RequestedOutput(name, binary))
+    return tuple(result)
