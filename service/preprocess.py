@@ -1,0 +1,264 @@
+"""Real-world image -> MNIST 28x28: decode safely, then normalize photos and canvas exports like MNIST.
+
+MNIST digits are white ink on black, size-normalized so the longest side is 20 px (antialiased, so edges are
+grey) and centred by centre of mass in a 28x28 field. Photos and canvas exports differ in polarity, lighting,
+paper texture and framing; `to_mnist` removes those differences. numpy + Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ApiError
+
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+WORK_SIDE = 512  # working resolution: keeps a small digit in a phone photo legible, and processing fast
+DIGIT_SIDE = 20  # MNIST: longest side of the digit
+FIELD = 28
+MIN_CONTRAST = 0.2  # ink must be at least this much darker than paper (fraction of paper brightness)
+MIN_DIGIT_FRACTION = 0.04  # a digit spans at least this fraction of the image's longest side ...
+MIN_DIGIT_PIXELS = 5  # ... and at least this many working pixels
+
+
+def load_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode bytes to an RGB or L image: size checked before decoding, EXIF-oriented, alpha on white."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ApiError(415, "unsupported image format: send PNG, JPEG, BMP, GIF, WebP or TIFF",
+                       "unsupported_media_type") from None
+    except Image.DecompressionBombError:
+        raise _too_large(max_pixels) from None
+    except Exception:  # any failure parsing untrusted bytes is the client's corrupt image, never a 500
+        raise _corrupt() from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_large(max_pixels)
+    if width == 0 or height == 0:
+        raise _corrupt()
+    try:
+        if image.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG from phone cameras
+            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # decode at reduced scale: fast for phone photos
+        image.load()  # first frame of an animation
+        image = ImageOps.exif_transpose(image)
+        return _flatten(image)
+    except ApiError:
+        raise
+    except Exception:
+        raise _corrupt() from None
+
+
+def _too_large(max_pixels: int) -> ApiError:
+    return ApiError(413, f"image too large: more than {max_pixels} pixels", "image_too_large")
+
+
+def _corrupt() -> ApiError:
+    return ApiError(422, "image could not be decoded: corrupt or truncated file", "corrupt_image")
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """One frame as L or RGB; transparent pixels become white paper (canvas exports hide black RGB there)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit/float TIFF: stretch to 8 bits
+        values = np.asarray(image.convert("F"), dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.astype(np.uint8))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """uint8 (28, 28), white ink on black, centred like MNIST; ApiError 422 when no digit is found."""
+    gray = image.convert("L")
+    scale = WORK_SIDE / max(gray.size)
+    if scale < 1:
+        size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+        gray = gray.resize(size, Image.Resampling.BOX)
+    paper = _paper_space(np.asarray(gray, dtype=np.float32))
+    ink = _ink(paper)
+    mask = _clean(ink)
+    return _center(_crop(ink, mask))
+
+
+def _no_digit() -> ApiError:
+    return ApiError(422, "no digit found", "no_digit")
+
+
+def _paper_space(gray: np.ndarray) -> np.ndarray:
+    """Light paper, dark ink: the background (border median) decides which tail of the histogram is ink."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    low, high = np.percentile(gray, [0.5, 99.5])
+    return gray if background - low >= high - background else 255.0 - gray
+
+
+def _ink(paper: np.ndarray) -> np.ndarray:
+    """Ink amount in [0, 1]: divide by the local paper brightness, which removes shadows and gradients."""
+    height, width = paper.shape
+    block = max(4, -(-max(height, width) // 12))
+    grid_h, grid_w = -(-height // block), -(-width // block)
+    padded = np.pad(paper, ((0, grid_h * block - height), (0, grid_w * block - width)), mode="edge")
+    cells = padded.reshape(grid_h, block, grid_w, block).transpose(0, 2, 1, 3).reshape(grid_h, grid_w, -1)
+    level = np.percentile(cells, 90, axis=2)  # paper shows through unless a stroke covers 90% of a cell
+    neighbours = _max3(level)
+    level = np.where(level < 0.6 * neighbours, neighbours, level)  # under a thick stroke: paper next door
+    background = Image.fromarray(level.astype(np.float32), mode="F").resize(
+        (grid_w * block, grid_h * block), Image.Resampling.BILINEAR)
+    background = np.asarray(background, dtype=np.float32)[:height, :width]
+    background = np.maximum(background, 0.15 * max(float(level.max()), 1.0))
+    return np.clip(1.0 - paper / background, 0.0, 1.0)
+
+
+def _max3(values: np.ndarray) -> np.ndarray:
+    """3x3 maximum filter (edges replicated)."""
+    padded = np.pad(values, 1, mode="edge")
+    h, w = values.shape
+    return np.max([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold on values in [0, 1]."""
+    counts, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    weights = counts.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(weights)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(weights * centers)
+    m1 = m0[-1] - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2
+    return float(edges[int(np.argmax(np.nan_to_num(between))) + 1])
+
+
+def _clean(ink: np.ndarray) -> np.ndarray:
+    """The digit's pixels: thresholded ink without ruled/squared paper lines and isolated specks."""
+    if float(ink.max()) < MIN_CONTRAST:
+        raise _no_digit()
+    mask = ink > _otsu(ink)
+    if not mask.any() or mask.all() or ink[mask].mean() - ink[~mask].mean() < MIN_CONTRAST:
+        raise _no_digit()
+    mask &= ~_paper_lines(mask)
+    return _digit_components(mask)
+
+
+def _run_lengths(mask: np.ndarray) -> np.ndarray:
+    """For every ink pixel, the length of the horizontal run of ink it belongs to."""
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded, axis=1)
+    starts = np.flatnonzero(steps == 1)
+    ends = np.flatnonzero(steps == -1)
+    lengths = ends - starts
+    out = np.zeros(mask.shape, dtype=np.int32)
+    out[mask] = np.repeat(lengths, lengths)
+    return out
+
+
+def _paper_lines(mask: np.ndarray) -> np.ndarray:
+    """Long thin horizontal/vertical runs; where a stroke crosses a line the run is thick, so it is kept."""
+    side = max(mask.shape)
+    long_run = max(24, side // 10)  # longer than a small image's digit; a line tilted 2 degrees qualifies
+    thin = max(2, round(0.008 * side))
+    horizontal = _run_lengths(mask)
+    vertical = _run_lengths(mask.T).T
+    return ((horizontal >= long_run) & (vertical <= thin)) | ((vertical >= long_run) & (horizontal <= thin))
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components via horizontal runs: (label per ink pixel in row-major order, run lengths)."""
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(steps == 1)
+    _, ends = np.nonzero(steps == -1)  # exclusive
+    key = width + 2
+    start_keys = rows * key + starts
+    end_keys = rows * key + ends
+    # runs in the next row touching run i (8-connected) form a contiguous range [first, last)
+    first = np.searchsorted(end_keys, (rows + 1) * key + starts, side="left")
+    last = np.searchsorted(start_keys, (rows + 1) * key + ends, side="right")
+    counts = np.maximum(last - first, 0)
+    a = np.repeat(np.arange(len(rows)), counts)
+    b = first.repeat(counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    labels = np.arange(len(rows))
+    while True:  # min-label propagation with pointer jumping; a few rounds for digit-like shapes
+        low = np.minimum(labels[a], labels[b])
+        np.minimum.at(labels, a, low)
+        np.minimum.at(labels, b, low)
+        jumped = labels[labels]
+        if np.array_equal(jumped, labels) and np.array_equal(labels[a], labels[b]):
+            break
+        labels = jumped
+    lengths = ends - starts
+    return np.repeat(labels, lengths), lengths
+
+
+def _digit_components(mask: np.ndarray) -> np.ndarray:
+    """The largest component and sizeable ones near it (broken strokes); specks and far blobs go."""
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    if not mask.any():
+        raise _no_digit()
+    pixel_labels, _ = _components(mask)
+    labels[mask] = pixel_labels + 1
+    ids, areas = np.unique(pixel_labels + 1, return_counts=True)
+    rows, cols = np.nonzero(mask)
+    flat = labels[mask]
+    index = np.searchsorted(ids, flat)
+    top = np.full(len(ids), mask.shape[0])
+    left = np.full(len(ids), mask.shape[1])
+    bottom = np.zeros(len(ids), dtype=np.int64)
+    right = np.zeros(len(ids), dtype=np.int64)
+    np.minimum.at(top, index, rows)
+    np.minimum.at(left, index, cols)
+    np.maximum.at(bottom, index, rows)
+    np.maximum.at(right, index, cols)
+    main = int(np.argmax(areas))
+    size = max(bottom[main] - top[main], right[main] - left[main]) + 1
+    if size < max(MIN_DIGIT_PIXELS, MIN_DIGIT_FRACTION * max(mask.shape)):
+        raise _no_digit()
+    gap_y = np.maximum(0, np.maximum(top - bottom[main], top[main] - bottom))
+    gap_x = np.maximum(0, np.maximum(left - right[main], left[main] - right))
+    near = np.maximum(gap_y, gap_x) <= 0.3 * size
+    keep = (areas >= 0.08 * areas[main]) & near
+    return np.isin(labels, ids[keep])
+
+
+def _crop(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The digit's grey levels (stroke core -> 1, antialiased edges kept), cropped to its bounding box."""
+    level = float(np.percentile(ink[mask], 75))
+    floor = float(np.median(ink))
+    halo = _max3(mask.astype(np.uint8)).astype(bool)  # the antialiased edge just outside the threshold
+    grey = np.where(halo, np.clip((ink - floor) / max(level - floor, 1e-6), 0.0, 1.0), 0.0)
+    rows = np.flatnonzero(grey.any(axis=1))
+    cols = np.flatnonzero(grey.any(axis=0))
+    return grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _center(digit: np.ndarray) -> np.ndarray:
+    """Longest side to 20 px keeping the aspect ratio, then centre of mass at the centre of the field."""
+    height, width = digit.shape
+    scale = DIGIT_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size != (width, height):
+        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+        digit = np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize(size, resample))
+    digit = np.clip(digit, 0.0, 1.0)
+    total = float(digit.sum())
+    ys, xs = np.indices(digit.shape)
+    cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
+    top = int(np.clip(round(FIELD / 2 - cy), 0, FIELD - digit.shape[0]))
+    left = int(np.clip(round(FIELD / 2 - cx), 0, FIELD - digit.shape[1]))
+    field = np.zeros((FIELD, FIELD), dtype=np.float32)
+    field[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return np.round(field * 255).astype(np.uint8)
