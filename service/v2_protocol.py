@@ -1,4 +1,4 @@
-"""Open Inference Protocol (KServe V2) codec: request bodies to pixels, model outputs to response bodies.
+"""Open Inference Protocol (KServe V2) codec: request bodies to a model batch, outputs to response bodies.
 
 Pure functions, no I/O, so the wire format is testable without a server; the router reads the body and runs
 the batcher. Every size a client declares (shape, binary_data_size, header length) is checked against the
@@ -7,22 +7,21 @@ limits and against the bytes actually received before anything is built from it.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
+from service.codecs import check_count
 from service.errors import ApiError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
-PIXELS = 28 * 28
-# Shapes accepted for the image input, after the batch dimension.
-IMAGE_SHAPES = ([PIXELS], [1, 28, 28])
+_INFLATE_WBITS = {"gzip": 31, "deflate": 15}
 
 
 @dataclass(frozen=True)
@@ -34,22 +33,24 @@ class InputType:
     high: float
 
 
+# FP32 is what the model takes ([0, 1]); UINT8 carries raw pixels 0..255, 4x smaller on the wire.
 INPUT_TYPES = {
     "FP32": InputType(np.dtype("<f4"), (int, float), 1.0),
     "UINT8": InputType(np.dtype("u1"), (int,), 255),
 }
-# numpy dtype -> V2 datatype, for outputs and model metadata.
-DATATYPES = {
-    np.dtype(np.float32): "FP32",
-    np.dtype(np.float64): "FP64",
-    np.dtype(np.float16): "FP16",
-    np.dtype(np.uint8): "UINT8",
-    np.dtype(np.int8): "INT8",
-    np.dtype(np.int32): "INT32",
-    np.dtype(np.int64): "INT64",
-    np.dtype(np.bool_): "BOOL",
-}
-_INFLATE_WBITS = {"gzip": 31, "deflate": 15}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What the codec knows about the model, all read from the model itself (the runtime spec)."""
+
+    input_name: str
+    item_shape: tuple[int, ...]  # one example, e.g. (1, 28, 28); [N, *item_shape] and [N, size] are accepted
+    outputs: Mapping[str, str]  # output name -> V2 datatype, in model order
+
+    @property
+    def item_size(self) -> int:
+        return math.prod(self.item_shape)
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,12 @@ class InferRequest:
     """A validated request: `id` is None unless the client sent one (it is echoed only then)."""
 
     id: str | None
-    datatype: str
-    pixels: np.ndarray  # [N, 784] in the wire dtype; values already checked against the datatype's range
+    images: np.ndarray  # float32 [N, *item_shape] in [0, 1], what the model takes
     outputs: tuple[RequestedOutput, ...]
 
 
 def bad_request(message: str) -> ApiError:
     return ApiError(400, message, "invalid_request")
-
-
-def too_large(message: str) -> ApiError:
-    return ApiError(413, message, "too_large")
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
@@ -84,30 +80,28 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         return body
     wbits = _INFLATE_WBITS.get(name)
     if wbits is None:
-        raise ApiError(
-            415,
-            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
-            "unsupported_media_type",
-        )
+        message = f"Content-Encoding {_short(encoding)} is not supported; use gzip, deflate or none"
+        raise ApiError(415, message, "unsupported_media_type")
     inflater = zlib.decompressobj(wbits)
     try:
         data = inflater.decompress(body, max_bytes + 1)
     except zlib.error as exc:
         raise bad_request(f"body is not valid {name} data ({exc})") from None
     if len(data) > max_bytes:
-        raise too_large(f"decompressed body exceeds the limit of {max_bytes} bytes")
+        raise ApiError(413, f"decompressed body exceeds the limit of {max_bytes} bytes", "body_too_large")
     if not inflater.eof:
         raise bad_request(f"{name} body is truncated")
     return data
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None, *, input_name: str, output_names: Sequence[str], max_items: int
+    body: bytes, header_length: str | None, model: Signature, max_items: int
 ) -> InferRequest:
-    """Validate an infer request (plain JSON, or JSON header + binary tensors) for the one image input."""
+    """Validate an infer request: plain JSON, or a JSON header of `header_length` bytes + binary tensors."""
     json_size = _header_size(header_length, len(body))
-    header = _load_json(body[:json_size])
-    binary = memoryview(body)[json_size:]
+    view = memoryview(body)
+    header = _load_json(view[:json_size])
+    binary = view[json_size:]
     if not isinstance(header, dict):
         raise bad_request("request must be a JSON object")
     request_id = header.get("id")
@@ -118,22 +112,24 @@ def parse_infer_request(
 
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise bad_request(f"inputs must be a non-empty list; the model takes one input {input_name!r}")
+        raise bad_request(f"inputs must be a non-empty list; the model takes one input {model.input_name!r}")
     names = [tensor.get("name") if isinstance(tensor, dict) else None for tensor in inputs]
-    if names != [input_name]:
-        raise bad_request(f"inputs are {names}; the model takes exactly one input {input_name!r}")
-    datatype, pixels, used = _decode_input(inputs[0], binary, max_items)
+    if names != [model.input_name]:
+        raise bad_request(
+            f"inputs are {_short(names)}; the model takes exactly one input {model.input_name!r}"
+        )
+    images, used = _decode_input(inputs[0], binary, model, max_items)
     if used != len(binary):
         raise bad_request(f"{len(binary)} bytes of binary data follow the JSON header; inputs declare {used}")
-    outputs = _requested_outputs(header.get("outputs"), output_names, binary_default)
-    return InferRequest(id=request_id, datatype=datatype, pixels=pixels, outputs=outputs)
+    outputs = _requested_outputs(header.get("outputs"), list(model.outputs), binary_default)
+    return InferRequest(id=request_id, images=images, outputs=outputs)
 
 
 def encode_infer_response(
-    request: InferRequest, results: Mapping[str, np.ndarray], *, model_name: str, model_version: str
+    request: InferRequest, results: Mapping[str, np.ndarray], model: Signature, *, name: str, version: str
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers: JSON, or a JSON header + raw little-endian tensors when any output is binary."""
-    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    header: dict[str, Any] = {"model_name": name, "model_version": version}
     if request.id is not None:
         header["id"] = request.id
     outputs, chunks = [], []
@@ -141,7 +137,7 @@ def encode_infer_response(
         array = np.ascontiguousarray(results[output.name])
         tensor: dict[str, Any] = {
             "name": output.name,
-            "datatype": DATATYPES[array.dtype],
+            "datatype": model.outputs[output.name],
             "shape": list(array.shape),
         }
         if output.binary:
@@ -149,23 +145,14 @@ def encode_infer_response(
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            tensor["data"] = array.ravel().tolist()
+            tensor["data"] = array.ravel()
         outputs.append(tensor)
     header["outputs"] = outputs
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return text, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
     return b"".join([text, *chunks]), headers
-
-
-def tensor_metadata(name: str, dtype: np.dtype, shape: Iterable[int | str | None]) -> dict[str, Any]:
-    """One entry of model metadata `inputs`/`outputs`; symbolic or unknown dimensions become -1."""
-    return {
-        "name": name,
-        "datatype": DATATYPES[np.dtype(dtype)],
-        "shape": [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape],
-    }
 
 
 def _header_size(value: str | None, body_size: int) -> int:
@@ -185,16 +172,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _load_json(data: bytes | memoryview) -> Any:
+def _load_json(data: memoryview) -> Any:
     try:
-        return json.loads(bytes(data), parse_constant=_reject_constant)
-    except RecursionError:
-        raise bad_request("request JSON is nested too deeply") from None
-    except ValueError as exc:  # also UnicodeDecodeError and JSONDecodeError
+        return orjson.loads(data)  # rejects NaN/Infinity and nesting deeper than 1024
+    except orjson.JSONDecodeError as exc:
         raise bad_request(f"request is not valid JSON: {exc}") from None
 
 
@@ -220,21 +201,24 @@ def _reject_unsupported(parameters: dict[str, Any], where: str) -> None:
         raise bad_request(f"{where}: the classification extension is not supported; request 'probabilities'")
 
 
-def _batch_shape(tensor: dict[str, Any], name: str, max_items: int) -> list[int]:
+def _batch_shape(tensor: dict[str, Any], name: str, model: Signature, max_items: int) -> list[int]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(type(dim) is int for dim in shape):
         raise bad_request(f"input {name!r}: shape must be a list of integers")
-    if len(shape) < 2 or shape[1:] not in IMAGE_SHAPES:
-        raise bad_request(f"input {name!r} has shape {_short(shape)}; expected [N, 1, 28, 28] or [N, 784]")
+    accepted = [list(model.item_shape), [model.item_size]]
+    if len(shape) < 2 or shape[1:] not in accepted:
+        forms = " or ".join("[N, " + ", ".join(map(str, form)) + "]" for form in accepted)
+        raise bad_request(f"input {name!r} has shape {_short(shape)}; expected {forms}")
     if shape[0] < 1:
         raise bad_request(f"input {name!r}: batch size must be at least 1, got {shape[0]}")
-    if shape[0] > max_items:
-        raise too_large(f"input {name!r}: batch of {shape[0]} images exceeds the limit of {max_items}")
+    check_count(shape[0], max_items)
     return shape
 
 
-def _decode_input(tensor: Any, binary: memoryview, max_items: int) -> tuple[str, np.ndarray, int]:
-    """(datatype, pixels [N, 784], binary bytes consumed) for the image input."""
+def _decode_input(
+    tensor: dict[str, Any], binary: memoryview, model: Signature, max_items: int
+) -> tuple[np.ndarray, int]:
+    """(images float32 [N, *item_shape] in [0, 1], binary bytes consumed) for the one input."""
     name = tensor["name"]
     datatype = tensor.get("datatype")
     kind = INPUT_TYPES.get(datatype) if isinstance(datatype, str) else None
@@ -242,21 +226,27 @@ def _decode_input(tensor: Any, binary: memoryview, max_items: int) -> tuple[str,
         raise bad_request(
             f"input {name!r} has datatype {_short(datatype)}; expected one of {list(INPUT_TYPES)}"
         )
-    shape = _batch_shape(tensor, name, max_items)
+    shape = _batch_shape(tensor, name, model, max_items)
     parameters = _object(tensor.get("parameters"), f"input {name!r} parameters")
     _reject_unsupported(parameters, f"input {name!r}")
     if "binary_data_size" in parameters:
         if "data" in tensor:
             raise bad_request(f"input {name!r} has both data and parameters.binary_data_size")
-        pixels = _binary_pixels(parameters["binary_data_size"], binary, kind, name, shape)
-        return datatype, pixels, pixels.nbytes
-    if "data" not in tensor:
+        values = _binary_values(parameters["binary_data_size"], binary, kind, name, shape)
+        used = values.nbytes
+    elif "data" in tensor:
+        values, used = _json_values(tensor["data"], kind, datatype, name, shape), 0
+    else:
         raise bad_request(f"input {name!r} has no data and no parameters.binary_data_size")
-    return datatype, _json_pixels(tensor["data"], kind, datatype, name, shape), 0
+    images = values.astype(np.float32).reshape(shape[0], *model.item_shape)
+    if kind.high != 1:  # integer pixels 0..high -> [0, 1]
+        images /= kind.high
+    return images, used
 
 
-def _binary_pixels(size: Any, binary: memoryview, kind: InputType, name: str, shape: list[int]) -> np.ndarray:
-    needed = shape[0] * PIXELS * kind.dtype.itemsize
+def _binary_values(size: Any, binary: memoryview, kind: InputType, name: str, shape: list[int]) -> np.ndarray:
+    count = math.prod(shape)
+    needed = count * kind.dtype.itemsize
     if type(size) is not int or size != needed:
         raise bad_request(f"input {name!r}: binary_data_size is {_short(size)}; shape {shape} needs {needed}")
     if needed > len(binary):
@@ -264,10 +254,10 @@ def _binary_pixels(size: Any, binary: memoryview, kind: InputType, name: str, sh
             f"input {name!r} needs {needed} bytes of binary data after the JSON header, whose length goes in"
             f" {HEADER_LENGTH}; the body has {len(binary)}"
         )
-    pixels = np.frombuffer(binary, dtype=kind.dtype, count=shape[0] * PIXELS).reshape(shape[0], PIXELS)
-    if not np.all((pixels >= 0) & (pixels <= kind.high)):  # NaN fails too
+    values = np.frombuffer(binary, dtype=kind.dtype, count=count)
+    if not np.all((values >= 0) & (values <= kind.high)):  # NaN fails too
         raise bad_request(f"input {name!r}: values must be in [0, {kind.high:g}]")
-    return pixels
+    return values
 
 
 def _flatten(data: Any, shape: list[int], name: str) -> list[Any]:
@@ -285,36 +275,33 @@ def _flatten(data: Any, shape: list[int], name: str) -> list[Any]:
     return level
 
 
-def _json_pixels(data: Any, kind: InputType, datatype: str, name: str, shape: list[int]) -> np.ndarray:
+def _json_values(data: Any, kind: InputType, datatype: str, name: str, shape: list[int]) -> np.ndarray:
     values = _flatten(data, shape, name)
     for value in values:  # type() rather than isinstance(): JSON true/false are not pixels
         if type(value) not in kind.json_types or not 0 <= value <= kind.high:
             raise bad_request(
                 f"input {name!r}: {_short(value)} is not a {datatype} value in [0, {kind.high:g}]"
             )
-    return np.array(values, dtype=kind.dtype).reshape(shape[0], PIXELS)
+    return np.array(values, dtype=kind.dtype)
 
 
 def _requested_outputs(
-    requested: Any, output_names: Sequence[str], binary_default: bool
+    requested: Any, output_names: list[str], binary_default: bool
 ) -> tuple[RequestedOutput, ...]:
     if requested is None:
         return tuple(RequestedOutput(name, binary_default) for name in output_names)
     if not isinstance(requested, list) or not all(isinstance(output, dict) for output in requested):
         raise bad_request("outputs must be a list of objects")
-    result = []
+    result: list[RequestedOutput] = []
     for output in requested:
         name = output.get("name")
         if name not in output_names:
-            raise bad_request(f"unknown output {_short(name)}; the model has {list(output_names)}")
+            raise bad_request(f"unknown output {_short(name)}; the model has {output_names}")
         if any(seen.name == name for seen in result):
             raise bad_request(f"output {name!r} is requested twice")
         parameters = _object(output.get("parameters"), f"output {name!r} parameters")
         _reject_unsupported(parameters, f"output {name!r}")
-        binary = (
-            _flag(parameters, "binary_data", f"output {name!r} parameters")
-            if "binary_data" in parameters
-            else binary_default
-        )
+        where = f"output {name!r} parameters"
+        binary = _flag(parameters, "binary_data", where) if "binary_data" in parameters else binary_default
         result.append(RequestedOutput(name, binary))
     return tuple(result)

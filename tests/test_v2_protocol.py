@@ -14,22 +14,20 @@ from service.v2_protocol import (
     HEADER_LENGTH,
     InferRequest,
     RequestedOutput,
+    Signature,
     decompress,
     encode_infer_response,
     parse_infer_request,
-    tensor_metadata,
 )
 
-OUTPUTS = ("logits", "probabilities")
+MODEL = Signature("image", (1, 28, 28), {"logits": "FP32", "probabilities": "FP32"})
 RNG = np.random.default_rng(0)
 
 
 def parse(body: bytes | dict, header_length: str | None = None, max_items: int = 64) -> InferRequest:
     if isinstance(body, dict):
         body = json.dumps(body).encode()
-    return parse_infer_request(
-        body, header_length, input_name="image", output_names=OUTPUTS, max_items=max_items
-    )
+    return parse_infer_request(body, header_length, MODEL, max_items)
 
 
 def binary_body(array: np.ndarray, datatype: str, **request: object) -> tuple[bytes, str]:
@@ -63,19 +61,18 @@ def image_request(data: object, shape: list[int], datatype: str = "FP32", **extr
 
 @pytest.mark.parametrize("shape", [[3, 1, 28, 28], [3, 784]])
 @pytest.mark.parametrize("datatype", ["FP32", "UINT8"])
-def test_json_and_binary_inputs_decode_to_the_same_pixels(shape: list[int], datatype: str) -> None:
+def test_json_and_binary_inputs_decode_to_the_same_images(shape: list[int], datatype: str) -> None:
     if datatype == "FP32":
         array = RNG.random(shape, dtype=np.float32)
+        expected = array.reshape(3, 1, 28, 28)
     else:
         array = RNG.integers(0, 256, shape, dtype=np.uint8)
-    expected = array.reshape(3, 784)
+        expected = array.reshape(3, 1, 28, 28).astype(np.float32) / 255
     for data in (array.ravel().tolist(), array.tolist()):  # flat and nested
-        request = parse(image_request(data, shape, datatype))
-        assert request.datatype == datatype
-        np.testing.assert_array_equal(request.pixels, expected)
-    request = parse(*binary_body(array, datatype))
-    assert request.pixels.dtype == expected.dtype
-    np.testing.assert_array_equal(request.pixels, expected)
+        images = parse(image_request(data, shape, datatype)).images
+        assert images.dtype == np.float32
+        np.testing.assert_array_equal(images, expected)
+    np.testing.assert_array_equal(parse(*binary_body(array, datatype)).images, expected)
 
 
 def test_outputs_default_to_all_in_json_and_honour_binary_flags() -> None:
@@ -109,11 +106,10 @@ def test_response_json_and_binary_round_trip() -> None:
     }
     request = InferRequest(
         id="7",
-        datatype="FP32",
-        pixels=np.zeros((2, 784), np.float32),
+        images=np.zeros((2, 1, 28, 28), np.float32),
         outputs=(RequestedOutput("probabilities", True), RequestedOutput("logits", False)),
     )
-    body, headers = encode_infer_response(request, results, model_name="lenet5", model_version="1.0.0")
+    body, headers = encode_infer_response(request, results, MODEL, name="lenet5", version="1.0.0")
     size = int(headers[HEADER_LENGTH])
     header = json.loads(body[:size])
     assert header["model_name"] == "lenet5" and header["model_version"] == "1.0.0" and header["id"] == "7"
@@ -127,20 +123,10 @@ def test_response_json_and_binary_round_trip() -> None:
     np.testing.assert_array_equal(np.frombuffer(body[size:], "<f4").reshape(2, 10), results["probabilities"])
     np.testing.assert_array_equal(np.array(logits["data"], np.float32).reshape(2, 10), results["logits"])
 
-    json_only = InferRequest(
-        id=None, datatype="FP32", pixels=request.pixels, outputs=(RequestedOutput("logits", False),)
-    )
-    body, headers = encode_infer_response(json_only, results, model_name="lenet5", model_version="1.0.0")
+    json_only = InferRequest(id=None, images=request.images, outputs=(RequestedOutput("logits", False),))
+    body, headers = encode_infer_response(json_only, results, MODEL, name="lenet5", version="1.0.0")
     assert HEADER_LENGTH not in headers and headers["Content-Type"] == "application/json"
     assert "id" not in json.loads(body)
-
-
-def test_tensor_metadata_marks_symbolic_dimensions() -> None:
-    assert tensor_metadata("image", np.float32, ["batch", 1, 28, 28]) == {
-        "name": "image",
-        "datatype": "FP32",
-        "shape": [-1, 1, 28, 28],
-    }
 
 
 @pytest.mark.parametrize(
