@@ -1,4 +1,4 @@
-"""One error type for everything a client can get wrong, rendered as `{"error": "..."}` with the right status."""
+"""One error type for everything a client can get wrong: `{"error": "..."}` with the right status."""
 
 from __future__ import annotations
 

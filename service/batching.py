@@ -1,0 +1,178 @@
+"""Dynamic batching: concurrent requests become one onnxruntime run in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import metrics
+from service.errors import ApiError
+from service.runtime import PROBABILITIES, ModelRuntime
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Merges queued inputs into batches of at most `max_batch_size` images.
+
+    The loop takes whatever is queued when the previous run finishes (so load batches itself without
+    adding latency when idle), optionally waiting up to `max_wait_ms` for a batch to fill. At most
+    `max_queue` images wait; beyond that callers get 503 with Retry-After instead of unbounded waiting.
+    """
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        timeout_s: float,
+    ) -> None:
+        self.runtime = runtime
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self._pending: deque[_Pending] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        # One thread: onnxruntime parallelises inside a run with its own intra-op threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._task: asyncio.Task | None = None
+        labels = (runtime.name, runtime.version)
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(*labels)
+        self._queue_wait = metrics.QUEUE_WAIT.labels(*labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(*labels)
+        self._inference = metrics.INFERENCE_DURATION.labels(*labels, runtime.provider)
+        self._confidence = metrics.CONFIDENCE.labels(*labels)
+        self._predictions = [metrics.PREDICTIONS.labels(*labels, str(digit)) for digit in range(10)]
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ApiError(503, "server is shutting down", "shutdown"))
+        self._queue_depth.dec(self._queued)
+        self._pending.clear()
+        self._queued = 0
+        self._executor.shutdown(wait=True)
+
+    async def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs for `x` [k, *item_shape]; inputs above max_batch_size run as several batches."""
+        k = len(x)
+        if self._queued + k > self.max_queue:
+            raise ApiError(
+                503,
+                f"server busy: {self._queued} images queued (limit {self.max_queue}); retry shortly",
+                "queue_full",
+                {"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        futures = []
+        for start in range(0, k, self.max_batch_size):
+            future = loop.create_future()
+            self._pending.append(_Pending(x[start : start + self.max_batch_size], future))
+            futures.append(future)
+        self._queued += k
+        self._queue_depth.inc(k)
+        self._wake.set()
+        if self._queued >= self.max_batch_size:
+            self._full.set()
+        timer = loop.call_later(self.timeout_s, self._expire, futures)
+        try:
+            if len(futures) == 1:
+                return await futures[0]
+            parts = await asyncio.gather(*futures)
+        finally:
+            timer.cancel()
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _expire(self, futures: list[asyncio.Future]) -> None:
+        """The per-request deadline: the caller stops waiting; queued parts are skipped, not run."""
+        for future in futures:
+            if not future.done():
+                future.set_exception(
+                    ApiError(504, f"inference did not finish within {self.timeout_s:g} s", "timeout")
+                )
+
+    def _take(self) -> list[_Pending]:
+        """Whole queued parts up to max_batch_size images; parts whose caller gave up are dropped."""
+        batch: list[_Pending] = []
+        size = 0
+        while self._pending:
+            item = self._pending[0]
+            n = len(item.x)
+            if batch and size + n > self.max_batch_size:
+                break
+            self._pending.popleft()
+            self._queued -= n
+            self._queue_depth.dec(n)
+            if not item.future.done():
+                batch.append(item)
+                size += n
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            if self.max_wait and self._queued < self.max_batch_size:
+                self._full.clear()
+                remaining = self._pending[0].enqueued + self.max_wait - time.perf_counter()
+                if remaining > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), remaining)
+            batch = self._take()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            for item in batch:
+                self._queue_wait.observe(started - item.enqueued)
+            x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run, x)
+            except Exception as exc:  # a failed run fails its requests, never the loop
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in batch:
+                end = start + len(item.x)
+                if not item.future.done():
+                    item.future.set_result({name: value[start:end] for name, value in outputs.items()})
+                start = end
+
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One onnxruntime run plus its metrics, in the worker thread (off the event loop)."""
+        started = time.perf_counter()
+        outputs = self.runtime.run(x)
+        self._inference.observe(time.perf_counter() - started)
+        self._batch_size.observe(len(x))
+        probabilities = outputs[PROBABILITIES]
+        for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10)):
+            if count:
+                self._predictions[digit].inc(int(count))
+        for confidence in probabilities.max(axis=1).tolist():
+            self._confidence.observe(confidence)
+        return outputs

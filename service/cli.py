@@ -1,0 +1,75 @@
+"""`mnist-serve` / `python -m service`: uvicorn workers around the app factory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.runtime import ModelLoadError, ModelRuntime
+from service.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _metrics_dir() -> tuple[Path, bool]:
+    """prometheus-client's shared directory for worker metrics: emptied before use; ours is removed after."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path, False
+    return Path(tempfile.mkdtemp(prefix="mnist-metrics-")), True
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        sys.exit(f"mnist-serve: invalid settings (MNIST_* environment): {exc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = _settings()
+    parser = argparse.ArgumentParser(prog="mnist-serve", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="worker processes (default: MNIST_WORKERS or the number of cores)",
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    # Workers build their own Settings from the environment: pass the resolved worker count on.
+    os.environ["MNIST_WORKERS"] = str(args.workers)
+    settings = _settings()
+    try:  # fail once, clearly, before any worker starts (e.g. MNIST_PROVIDERS=cuda without a working GPU)
+        ModelRuntime(settings.model_path, settings.providers, settings.threads_per_worker)
+    except ModelLoadError as exc:
+        sys.exit(f"mnist-serve: cannot start: {exc}")
+    path, owned = _metrics_dir()
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        if owned:
+            shutil.rmtree(path, ignore_errors=True)

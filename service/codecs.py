@@ -1,0 +1,133 @@
+"""Request payloads -> uint8 pixel arrays [n, height, width] (MNIST convention), or a precise 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.errors import ApiError
+from service.preprocess import load_image, to_mnist
+
+PIXEL_RULE = "pixels are integers 0..255"
+
+
+def parse_json(body: bytes) -> tuple[Any, bool]:
+    """The decoded body and whether it may hold booleans (numpy would silently cast them to 0/1)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(422, f"body is not valid JSON: {exc}", "invalid_json") from None
+    return value, b"true" in body or b"false" in body
+
+
+def _field(value: Any, name: str) -> Any:
+    if not isinstance(value, dict) or name not in value:
+        raise ApiError(422, f'JSON body must be an object with a "{name}" field', "invalid_json")
+    return value[name]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _problem(value: Any, where: str, shape: tuple[int, int]) -> str | None:
+    """What is wrong with a pixels value and where, by walking it (error path and boolean guard only)."""
+    height, width = shape
+    layout = f"{height} rows of {width} integers or a flat list of {height * width}"
+    if not isinstance(value, list):
+        return f"{where} must be {layout}, got {_show(value)}"
+    if len(value) == height and any(isinstance(row, list) for row in value):
+        cells = []
+        for i, row in enumerate(value):
+            if not isinstance(row, list) or len(row) != width:
+                got = f"{len(row)} values" if isinstance(row, list) else _show(row)
+                return f"{where}[{i}] must be a row of {width} integers, got {got}"
+            cells.extend((f"{where}[{i}][{j}]", cell) for j, cell in enumerate(row))
+    elif len(value) == height * width:
+        cells = [(f"{where}[{i}]", cell) for i, cell in enumerate(value)]
+    else:
+        return f"{where} must be {layout}, got a list of {len(value)} values"
+    for at, cell in cells:
+        if type(cell) is not int or not 0 <= cell <= 255:
+            return f"{at} is {_show(cell)}; {PIXEL_RULE}"
+    return None
+
+
+def _invalid(value: Any, where: str, shape: tuple[int, int]) -> ApiError:
+    message = _problem(value, where, shape) or f"{where} is not a valid image; {PIXEL_RULE}"
+    return ApiError(422, message, "invalid_pixels")
+
+
+def _as_pixels(value: Any, n: int | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """Fast path: numpy's own conversion of well-formed integer lists; None when anything is off."""
+    height, width = shape
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError):
+        return None
+    lead = () if n is None else (n,)
+    if array.shape not in {(*lead, height, width), (*lead, height * width)} or array.dtype.kind not in "iu":
+        return None
+    if array.size and (array.min() < 0 or array.max() > 255):
+        return None
+    return array.astype(np.uint8).reshape(*lead or (1,), height, width)
+
+
+def pixels(value: Any, where: str, shape: tuple[int, int], may_have_bools: bool) -> np.ndarray:
+    """One pixels value (28x28 nested or 784 flat) as uint8 [1, h, w]."""
+    if may_have_bools and (problem := _problem(value, where, shape)):
+        raise ApiError(422, problem, "invalid_pixels")
+    array = _as_pixels(value, None, shape)
+    if array is None:
+        raise _invalid(value, where, shape)
+    return array
+
+
+def single_json(body: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """`{"pixels": ...}` -> uint8 [1, h, w]."""
+    value, may_have_bools = parse_json(body)
+    return pixels(_field(value, "pixels"), "pixels", shape, may_have_bools)
+
+
+def batch_json(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarray:
+    """`{"instances": [pixels, ...]}` -> uint8 [n, h, w]."""
+    value, may_have_bools = parse_json(body)
+    instances = _field(value, "instances")
+    if not isinstance(instances, list) or not instances:
+        raise ApiError(422, '"instances" must be a non-empty list of pixels', "invalid_pixels")
+    check_count(len(instances), max_items)
+    if not may_have_bools and (array := _as_pixels(instances, len(instances), shape)) is not None:
+        return array
+    return np.concatenate(
+        [pixels(item, f"instances[{i}]", shape, may_have_bools) for i, item in enumerate(instances)]
+    )
+
+
+def batch_raw(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarray:
+    """application/octet-stream: n x h x w uint8 bytes, row-major -> uint8 [n, h, w]."""
+    height, width = shape
+    size = height * width
+    if not body or len(body) % size:
+        raise ApiError(
+            422,
+            f"octet-stream body of {len(body)} bytes is not a non-zero multiple of {size} "
+            f"({height}x{width} uint8 images)",
+            "invalid_pixels",
+        )
+    check_count(len(body) // size, max_items)
+    return np.frombuffer(body, dtype=np.uint8).reshape(-1, height, width)
+
+
+def check_count(n: int, max_items: int) -> None:
+    if n > max_items:
+        raise ApiError(413, f"batch of {n} images exceeds the limit of {max_items}", "batch_too_large")
+
+
+def image(data: bytes, max_pixels: int) -> np.ndarray:
+    """An encoded image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [1, 28, 28]."""
+    return to_mnist(load_image(data, max_pixels))[np.newaxis]

@@ -1,0 +1,43 @@
+"""Liveness, readiness, Prometheus metrics and model metadata."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from service import metrics
+from service.dependencies import get_runtime
+from service.errors import ApiError
+from service.runtime import ModelRuntime
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (it may still be loading the model)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> dict[str, str]:
+    """200 once the model is loaded and every batch shape warmed up, else 503."""
+    get_runtime(request)
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    """Prometheus text format, summed over all worker processes."""
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/models/{name}")
+async def model_metadata(name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> dict[str, Any]:
+    """Name, version, SHA-256, test accuracy (from the model card), active providers, input/output spec."""
+    if name != runtime.name:
+        raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
+    return runtime.describe()

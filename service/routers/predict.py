@@ -1,0 +1,151 @@
+"""POST /predict and /predict/batch: pixels as JSON, image files, or raw uint8 bytes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from service import codecs
+from service.batching import Batcher
+from service.dependencies import get_batcher, require_api_key
+from service.errors import ApiError
+from service.runtime import PROBABILITIES
+
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    model: ModelRef
+    preprocessed: list[list[int]] | None = None
+
+
+class Predictions(BaseModel):
+    predictions: list[Prediction]
+
+
+def _body_doc(*media: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    content = {kind: {"schema": schema} for kind, schema in media}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+PIXELS_DOC = {"type": "array", "description": "28 rows of 28 or 784 flat integers 0..255, 0 = background"}
+IMAGE_DOC = {"type": "string", "format": "binary"}
+SINGLE_DOC = _body_doc(
+    ("application/json", {"type": "object", "properties": {"pixels": PIXELS_DOC}, "required": ["pixels"]}),
+    ("multipart/form-data", {"type": "object", "properties": {"file": IMAGE_DOC}, "required": ["file"]}),
+    ("image/*", IMAGE_DOC),
+)
+INSTANCES_DOC = {"type": "array", "items": PIXELS_DOC}
+FILES_DOC = {"type": "array", "items": IMAGE_DOC}
+RAW_DOC = {**IMAGE_DOC, "description": "N x 784 uint8 bytes, row-major, 0 = background"}
+BATCH_DOC = _body_doc(
+    (
+        "application/json",
+        {"type": "object", "properties": {"instances": INSTANCES_DOC}, "required": ["instances"]},
+    ),
+    ("multipart/form-data", {"type": "object", "properties": {"files": FILES_DOC}, "required": ["files"]}),
+    ("application/octet-stream", RAW_DOC),
+)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _unsupported(media_type: str, accepted: str) -> ApiError:
+    message = f"unsupported content type {media_type or '(none)'!r}; send {accepted}"
+    return ApiError(415, message, "unsupported_media")
+
+
+async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
+    """The uploaded files of a multipart field (bounded by the body limit and max_items)."""
+    try:
+        form = await request.form(max_files=max_items + 1, max_fields=max_items + 1)
+    except HTTPException as exc:  # Starlette reports malformed or oversized multipart bodies this way
+        raise ApiError(422, f"invalid multipart body: {exc.detail}", "invalid_multipart") from None
+    try:
+        uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
+        if not uploads:
+            raise ApiError(422, f"multipart body has no file field {field!r}", "invalid_multipart")
+        codecs.check_count(len(uploads), max_items)
+        return [await upload.read() for upload in uploads]
+    finally:
+        await form.close()
+
+
+async def _images(files: list[bytes], max_pixels: int) -> np.ndarray:
+    """Decode and MNIST-normalize image files in a thread (CPU work must not block the event loop)."""
+    return await run_in_threadpool(lambda: np.concatenate([codecs.image(data, max_pixels) for data in files]))
+
+
+async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, Any]]:
+    """Run uint8 images [n, h, w] through the batcher; one response object per image, in order."""
+    runtime = batcher.runtime
+    probabilities = (await batcher.predict(runtime.from_pixels(images)))[PROBABILITIES]
+    model = {"name": runtime.name, "version": runtime.version}
+    digits = probabilities.argmax(axis=1).tolist()
+    return [
+        {"digit": digit, "confidence": float(row[digit]), "probabilities": row, "model": model}
+        for digit, row in zip(digits, probabilities, strict=True)
+    ]
+
+
+def _json(content: Any) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+@router.post("/predict", response_model=Prediction, openapi_extra=SINGLE_DOC)
+async def predict(request: Request, batcher: BatcherDep, debug: bool = False) -> Response:
+    """One digit from JSON pixels, a multipart `file`, or a raw image/* body. `?debug=true` adds the
+    28x28 image the model saw."""
+    settings = request.app.state.settings
+    media_type = _media_type(request)
+    shape = batcher.runtime.image_shape
+    if media_type == "application/json":
+        images = codecs.single_json(await request.body(), shape)
+    elif media_type == "multipart/form-data":
+        images = await _images(await _files(request, "file", 1), settings.max_image_pixels)
+    elif media_type.startswith("image/"):
+        images = await _images([await request.body()], settings.max_image_pixels)
+    else:
+        raise _unsupported(media_type, "application/json, multipart/form-data (file) or image/*")
+    (result,) = await _predictions(batcher, images)
+    if debug:
+        result["preprocessed"] = images[0]
+    return _json(result)
+
+
+@router.post("/predict/batch", response_model=Predictions, openapi_extra=BATCH_DOC)
+async def predict_batch(request: Request, batcher: BatcherDep) -> Response:
+    """Many digits, in order: JSON `instances`, multipart `files`, or octet-stream N x 784 uint8."""
+    settings = request.app.state.settings
+    media_type = _media_type(request)
+    shape = batcher.runtime.image_shape
+    if media_type == "application/json":
+        images = codecs.batch_json(await request.body(), shape, settings.max_batch_items)
+    elif media_type == "multipart/form-data":
+        files = await _files(request, "files", settings.max_batch_items)
+        images = await _images(files, settings.max_image_pixels)
+    elif media_type == "application/octet-stream":
+        images = codecs.batch_raw(await request.body(), shape, settings.max_batch_items)
+    else:
+        accepted = "application/json, multipart/form-data (files) or application/octet-stream"
+        raise _unsupported(media_type, accepted)
+    return _json({"predictions": await _predictions(batcher, images)})

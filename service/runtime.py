@@ -1,0 +1,166 @@
+"""The onnxruntime session: provider selection, the model's own input/output spec, warm-up."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# cuDNN's heuristic conv-algorithm choice: a new batch shape costs no exhaustive benchmark run.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+# The output the predict routes read; the contract names it, the model must have it.
+PROBABILITIES = "probabilities"
+
+# onnxruntime type strings -> (KServe V2 datatype, numpy dtype).
+_TYPES = {
+    "tensor(float)": ("FP32", np.float32),
+    "tensor(double)": ("FP64", np.float64),
+    "tensor(float16)": ("FP16", np.float16),
+    "tensor(uint8)": ("UINT8", np.uint8),
+    "tensor(int8)": ("INT8", np.int8),
+    "tensor(int32)": ("INT32", np.int32),
+    "tensor(int64)": ("INT64", np.int64),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served as configured (missing file, wrong spec, provider not active)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the model declares it; -1 marks the dynamic batch dimension."""
+
+    name: str
+    datatype: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_node(cls, node: Any) -> TensorSpec:
+        if node.type not in _TYPES:
+            raise ModelLoadError(f"tensor {node.name!r} has unsupported type {node.type}")
+        datatype, dtype = _TYPES[node.type]
+        shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in node.shape)
+        return cls(node.name, datatype, np.dtype(dtype), shape)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def requested_providers(preference: str, available: list[str]) -> list[Any]:
+    """Providers to ask onnxruntime for: `auto` tries CUDA when the build offers it, CPU always backs up."""
+    if preference == "cpu":
+        return [CPU]
+    if preference == "cuda" or CUDA in available:
+        return [(CUDA, CUDA_OPTIONS), CPU]
+    return [CPU]
+
+
+def check_active(preference: str, active: list[str]) -> None:
+    """onnxruntime silently falls back to CPU when CUDA fails to load; a demand for CUDA must not."""
+    if preference == "cuda" and CUDA not in active:
+        raise ModelLoadError(
+            "MNIST_PROVIDERS=cuda but the CUDA execution provider is not active "
+            f"(onnxruntime runs on {active}); check the GPU, driver, CUDA and cuDNN libraries, "
+            "or use MNIST_PROVIDERS=auto to allow CPU"
+        )
+
+
+class ModelRuntime:
+    """One onnxruntime session plus what clients may know about the model."""
+
+    def __init__(self, path: Path, providers: str = "auto", intra_op_threads: int = 1) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path} (set MNIST_MODEL_PATH)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        # Spinning intra-op threads would steal the cores the HTTP event loops need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=requested_providers(providers, ort.get_available_providers())
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
+            raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        self.providers: list[str] = self.session.get_providers()
+        check_active(providers, self.providers)
+
+        self.path = path
+        self.inputs = [TensorSpec.from_node(node) for node in self.session.get_inputs()]
+        self.outputs = [TensorSpec.from_node(node) for node in self.session.get_outputs()]
+        if len(self.inputs) != 1 or self.inputs[0].shape[0] != -1 or -1 in self.inputs[0].shape[1:]:
+            raise ModelLoadError(f"expected one input with only a dynamic batch dimension, got {self.inputs}")
+        if PROBABILITIES not in {spec.name for spec in self.outputs}:
+            raise ModelLoadError(f"model has no {PROBABILITIES!r} output: {self.outputs}")
+
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.name = meta.get("name", path.stem)
+        self.version = meta.get("version", "0")
+        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        card_path = path.with_suffix(".json")
+        self.card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        log.info(
+            "loaded %s %s from %s on %s (%d intra-op threads)",
+            self.name,
+            self.version,
+            path,
+            self.providers,
+            intra_op_threads,
+        )
+
+    @property
+    def input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the graph (the first active one)."""
+        return self.providers[0]
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. (1, 28, 28)."""
+        return self.input.shape[1:]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of one image: the last two input dimensions."""
+        return self.item_shape[-2:]
+
+    def from_pixels(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [n, h, w] (0..255, MNIST convention) -> model input [n, *item_shape] in [0, 1]."""
+        return np.divide(images, 255, dtype=self.input.dtype).reshape(len(images), *self.item_shape)
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name for a batch shaped like the model input."""
+        values = self.session.run(None, {self.input.name: x})
+        return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run every batch shape 1..max_batch_size once, so no request pays for a first run."""
+        for size in range(1, max_batch_size + 1):
+            self.run(np.zeros((size, *self.item_shape), dtype=self.input.dtype))
+
+    def describe(self) -> dict[str, Any]:
+        """Public metadata for /v1/models/<name>."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "test_accuracy": self.card.get("test_accuracy"),
+            "providers": self.providers,
+            "inputs": [spec.as_dict() for spec in self.inputs],
+            "outputs": [spec.as_dict() for spec in self.outputs],
+        }

@@ -1,0 +1,59 @@
+"""Every knob of the service in one object, read from the environment (prefix `MNIST_`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Service configuration; `MNIST_<FIELD>` environment variables override the defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="MNIST_", protected_namespaces=())
+
+    model_path: Path = ROOT / "models" / "lenet5.onnx"
+    providers: Literal["auto", "cuda", "cpu"] = "auto"
+    # Defaults measured with bench/batching.py on 2 cores (see README "Configuration").
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(1024, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0.0)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_batch_items: int = Field(1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=784)
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = []
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    intra_op_threads: int = Field(0, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """`MNIST_CORS_ORIGINS=https://a.example,https://b.example` reads as a list."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> Settings:
+        """A batch request larger than the queue could never be admitted."""
+        if self.max_batch_items > self.max_queue:
+            raise ValueError(f"max_batch_items {self.max_batch_items} exceeds max_queue {self.max_queue}")
+        return self
+
+    @property
+    def threads_per_worker(self) -> int:
+        """onnxruntime intra-op threads: explicit, or the cores shared out so workers x threads <= cores."""
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.workers)
