@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.batching import Batcher
 from service.errors import ApiError
-from service.routers import health, predict
+from service.routers import health, predict, v2
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -175,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,0 +1,130 @@
+"""Open Inference Protocol (KServe V2) over HTTP, for Triton/KServe clients such as tritonclient.
+
+Same model, batcher, limits, metrics and errors as /predict: this router only translates the wire format.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from service.batching import Batcher
+from service.dependencies import get_batcher, get_runtime, require_api_key
+from service.errors import ApiError
+from service.runtime import ModelRuntime
+from service.v2_protocol import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    Signature,
+    decompress,
+    encode_infer_response,
+    parse_infer_request,
+)
+
+router = APIRouter(prefix="/v2", tags=["KServe V2"])
+
+SERVER_NAME = "mnist-serving"
+PLATFORM = "onnxruntime_onnx"
+AUTH = [Depends(require_api_key)]  # like /predict; health and metadata stay open for probes
+INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            f"JSON inference request, or a JSON header of {HEADER_LENGTH} bytes followed by raw little-endian"
+            " tensors (binary tensor extension)."
+        ),
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["inputs"]},
+                "example": {
+                    "inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}],
+                    "outputs": [{"name": "probabilities"}],
+                },
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def served_model(
+    request: Request, name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]
+) -> ModelRuntime:
+    """The one loaded model if the path names it (and its version, on /versions/{version} routes); 404 for
+    anything else, 503 while loading."""
+    if name != runtime.name:
+        raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
+    version = request.path_params.get("version")
+    if version is not None and version != runtime.version:
+        message = f"unknown version {version!r} of model {name!r}; available: [{runtime.version!r}]"
+        raise ApiError(404, message, "unknown_model")
+    return runtime
+
+
+ModelDep = Annotated[ModelRuntime, Depends(served_model)]
+
+
+def signature(runtime: ModelRuntime) -> Signature:
+    """What the codec needs, read from the loaded model."""
+    outputs = {spec.name: spec.datatype for spec in runtime.outputs}
+    return Signature(runtime.input.name, runtime.item_shape, outputs, runtime.from_pixels)
+
+
+@router.get("")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    """Server name, version and the protocol extensions it implements."""
+    return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live")
+async def server_live() -> dict[str, bool]:
+    """200 while the process serves HTTP (the model may still be loading)."""
+    return {"live": True}
+
+
+@router.get("/health/ready", dependencies=[Depends(get_runtime)])
+async def server_ready() -> dict[str, bool]:
+    """200 once the model is loaded and warm, else 503."""
+    return {"ready": True}
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(model: ModelDep) -> dict[str, Any]:
+    """200 when this model (version) is ready; 404 for another model, 503 while loading."""
+    return {"name": model.name, "ready": True}
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(model: ModelDep) -> dict[str, Any]:
+    """Name, versions, platform and the input/output spec read from the ONNX model (-1 = batch)."""
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": PLATFORM,
+        "inputs": [spec.as_dict() for spec in model.inputs],
+        "outputs": [spec.as_dict() for spec in model.outputs],
+    }
+
+
+@router.post("/models/{name}/infer", dependencies=AUTH, openapi_extra=INFER_DOC)
+@router.post("/models/{name}/versions/{version}/infer", dependencies=AUTH, openapi_extra=INFER_DOC)
+async def infer(
+    request: Request, model: ModelDep, batcher: Annotated[Batcher, Depends(get_batcher)]
+) -> Response:
+    """Inference on a batch of images: FP32 [N, 1, 28, 28] in [0, 1], or UINT8 0..255 as [N, 784] or
+    [N, 1, 28, 28]; JSON or binary tensors in and out."""
+    settings = request.app.state.settings
+    body = decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
+    spec = signature(model)
+    # Parsing a large JSON body is CPU work: keep it off the event loop like inference.
+    parsed = await run_in_threadpool(
+        parse_infer_request, body, request.headers.get(HEADER_LENGTH), spec, settings.max_batch_items
+    )
+    results = await batcher.predict(parsed.images)
+    content, headers = encode_infer_response(parsed, results, spec, name=model.name, version=model.version)
+    return Response(content, headers=headers)
