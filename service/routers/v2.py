@@ -10,14 +10,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from service.batching import Batcher
 from service.dependencies import get_batcher, get_runtime, require_api_key
 from service.errors import ApiError
 from service.runtime import ModelRuntime
+from service.settings import Settings
 from service.v2_protocol import (
     EXTENSIONS,
     HEADER_LENGTH,
+    InferRequest,
     Signature,
     decompress,
     encode_infer_response,
@@ -73,6 +76,11 @@ def signature(runtime: ModelRuntime) -> Signature:
     return Signature(runtime.input.name, runtime.item_shape, outputs, runtime.from_pixels)
 
 
+def _parse(body: bytes, headers: Headers, spec: Signature, settings: Settings) -> InferRequest:
+    body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
+    return parse_infer_request(body, headers.get(HEADER_LENGTH), spec, settings.max_batch_items)
+
+
 @router.get("")
 async def server_metadata(request: Request) -> dict[str, Any]:
     """Server name, version and the protocol extensions it implements."""
@@ -118,12 +126,10 @@ async def infer(
 ) -> Response:
     """Inference on a batch of images: FP32 [N, 1, 28, 28] in [0, 1], or UINT8 0..255 as [N, 784] or
     [N, 1, 28, 28]; JSON or binary tensors in and out."""
-    settings = request.app.state.settings
-    body = decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
     spec = signature(model)
-    # Parsing a large JSON body is CPU work: keep it off the event loop like inference.
+    # Inflating and parsing a large body is CPU work: keep it off the event loop, like inference.
     parsed = await run_in_threadpool(
-        parse_infer_request, body, request.headers.get(HEADER_LENGTH), spec, settings.max_batch_items
+        _parse, await request.body(), request.headers, spec, request.app.state.settings
     )
     results = await batcher.predict(parsed.images)
     content, headers = encode_infer_response(parsed, results, spec, name=model.name, version=model.version)
