@@ -53,21 +53,24 @@ INFER_DOC = {
 }
 
 
-def served_model(
-    request: Request, name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]
-) -> ModelRuntime:
-    """The one loaded model if the path names it (and its version, on /versions/{version} routes); 404 for
-    anything else, 503 while loading."""
+def served_model(name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> ModelRuntime:
+    """The one loaded model if the path names it; 404 for any other name, 503 while loading."""
     if name != runtime.name:
         raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
-    version = request.path_params.get("version")
-    if version is not None and version != runtime.version:
-        message = f"unknown version {version!r} of model {name!r}; available: [{runtime.version!r}]"
-        raise ApiError(404, message, "unknown_model")
     return runtime
 
 
 ModelDep = Annotated[ModelRuntime, Depends(served_model)]
+
+
+def served_version(version: str, model: ModelDep) -> None:
+    """/versions/{version} routes: 404 unless it is the loaded model's version."""
+    if version != model.version:
+        message = f"unknown version {version!r} of model {model.name!r}; available: [{model.version!r}]"
+        raise ApiError(404, message, "unknown_model")
+
+
+VERSIONED = [Depends(served_version)]
 
 
 def signature(runtime: ModelRuntime) -> Signature:
@@ -100,14 +103,14 @@ async def server_ready() -> dict[str, bool]:
 
 
 @router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", dependencies=VERSIONED)
 async def model_ready(model: ModelDep) -> dict[str, Any]:
     """200 when this model (version) is ready; 404 for another model, 503 while loading."""
     return {"name": model.name, "ready": True}
 
 
 @router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", dependencies=VERSIONED)
 async def model_metadata(model: ModelDep) -> dict[str, Any]:
     """Name, versions, platform and the input/output spec read from the ONNX model (-1 = batch)."""
     return {
@@ -120,7 +123,9 @@ async def model_metadata(model: ModelDep) -> dict[str, Any]:
 
 
 @router.post("/models/{name}/infer", dependencies=AUTH, openapi_extra=INFER_DOC)
-@router.post("/models/{name}/versions/{version}/infer", dependencies=AUTH, openapi_extra=INFER_DOC)
+@router.post(
+    "/models/{name}/versions/{version}/infer", dependencies=AUTH + VERSIONED, openapi_extra=INFER_DOC
+)
 async def infer(
     request: Request, model: ModelDep, batcher: Annotated[Batcher, Depends(get_batcher)]
 ) -> Response:
