@@ -1,0 +1,44 @@
+# The MNIST inference service image: onnxruntime + FastAPI, no torch, no compilers, non-root.
+# pip runs offline here (hermetic, pinned by hash): first fetch the locked wheels on the host, then build:
+#   docker/ci/wheelhouse.sh gpu && docker build -t mnist-serve .                        # GPU (default)
+#   docker/ci/wheelhouse.sh cpu && docker build --build-arg VARIANT=cpu -t mnist-serve:cpu .
+# The GPU image runs on CPU-only hosts too: onnxruntime falls back to the CPU provider (logged, and the
+# `provider` label of mnist_model_info says which one serves).
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ARG VARIANT=gpu
+ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY docker/requirements/ docker/requirements/
+COPY wheelhouse/${VARIANT}/ /wheels/
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r "docker/requirements/${VARIANT}.txt"
+COPY pyproject.toml README.md ./
+COPY service/ service/
+RUN /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/python -I -c "import onnxruntime, service.app; print(onnxruntime.get_available_providers())"
+
+FROM ${PYTHON_IMAGE}
+ARG VARIANT=gpu
+LABEL org.opencontainers.image.title="mnist-serve" \
+      org.opencontainers.image.description="LeNet-5 MNIST inference service (onnxruntime, ${VARIANT})"
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mnist
+COPY --from=build /opt/venv /opt/venv
+# The CUDA/cuDNN wheels' libraries (GPU variant) are found through LD_LIBRARY_PATH below; the driver
+# (libcuda) comes from the host through the NVIDIA container toolkit (compose `devices`, k8s nvidia.com/gpu).
+# The shipped model; mount another folder over it, or point MNIST_MODEL_PATH elsewhere.
+COPY models/ /opt/mnist/models/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MNIST_MODEL_PATH=/opt/mnist/models/lenet5.onnx \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
+WORKDIR /opt/mnist
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+ENTRYPOINT ["mnist-serve"]
+CMD ["--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,138 @@
+"""Static checks of the container files: hadolint, `docker compose config`, Grafana vs a live /metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import require_program
+from tests.liveserver import ROOT, LiveServer
+from tests.stack import (
+    COMPOSE_FILES,
+    DASHBOARD,
+    METRIC,
+    PROMETHEUS_CONFIG,
+    compose_binary,
+    dashboard_exprs,
+    send_traffic,
+)
+
+DOCKERFILES = ("Dockerfile", "docker/trainer.Dockerfile")
+# The panels the issue asks for, each by the metric family it must read.
+REQUIRED_FAMILIES = {
+    "mnist_request_duration_seconds",  # request rate, p50/p95/p99
+    "mnist_errors",  # errors by code
+    "mnist_batch_size",
+    "mnist_queue_depth",
+    "mnist_predictions",  # per digit
+    "mnist_prediction_confidence",
+    "mnist_model_info",  # active provider
+}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_hadolint_is_clean(dockerfile: str) -> None:
+    hadolint = require_program("hadolint")
+    result = subprocess.run([hadolint, dockerfile], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def compose_config(*args: str) -> dict:
+    files = [arg for name in args for arg in ("-f", name)]
+    result = subprocess.run(
+        [str(compose_binary()), *files, "--profile", "train", "config", "--format", "json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin"},  # no MNIST_* or *_PORT of the caller leaks into the rendering
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_compose_config_is_valid() -> None:
+    """`docker compose config -q` for the GPU default, the CPU override and the train profile."""
+    for files in ((COMPOSE_FILES[0],), COMPOSE_FILES):
+        args = [arg for name in files for arg in ("-f", name)]
+        for extra in ([], ["--profile", "train"]):
+            result = subprocess.run([str(compose_binary()), *args, *extra, "config", "-q"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, (files, extra, result.stderr)
+
+
+def test_compose_gpu_by_default_and_a_cpu_override() -> None:
+    gpu = compose_config(COMPOSE_FILES[0])
+    (device,) = gpu["api"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert gpu["api"]["build"]["args"]["VARIANT"] == "gpu"
+    cpu = compose_config(*COMPOSE_FILES)
+    assert "deploy" not in cpu["api"] and "deploy" not in cpu["trainer"]
+    assert cpu["api"]["build"]["args"]["VARIANT"] == "cpu"
+    assert cpu["api"]["environment"]["MNIST_PROVIDERS"] == "cpu"
+
+
+def test_compose_services_are_healthchecked_ordered_and_restarted() -> None:
+    services = compose_config(COMPOSE_FILES[0])
+    assert set(services) == {"api", "prometheus", "grafana", "trainer"}
+    for name in ("api", "prometheus", "grafana"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+        assert services[name]["restart"] == "unless-stopped", name
+        for port in services[name]["ports"]:
+            assert port["host_ip"] == "127.0.0.1", f"{name} must not listen on every interface"
+    assert services["prometheus"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    # The api healthcheck is the image's: readiness, not mere liveness.
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "/readyz" in (ROOT / "Dockerfile").read_text().split("HEALTHCHECK", 1)[1].split("\n\n")[0]
+    # The trainer only runs on demand and writes into the repository's models/.
+    assert services["trainer"]["profiles"] == ["train"]
+    mounts = {volume["target"]: volume["source"] for volume in services["trainer"]["volumes"]}
+    assert mounts["/app/models"] == str(ROOT / "models")
+
+
+def test_compose_file_holds_no_secrets() -> None:
+    """Keys and passwords come from the caller's environment, never from a value written in the file."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    for service in yaml.safe_load(text)["services"].values():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"KEY|PASSWORD|SECRET|TOKEN", key):
+                assert value is None, f"{key} has a value in docker-compose.yml"
+
+
+def test_prometheus_scrapes_the_api_port() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (job,) = config["scrape_configs"]
+    (static,) = job["static_configs"]
+    expose = re.search(r"^EXPOSE\s+(\d+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE).group(1)
+    assert static["targets"] == [f"api:{expose}"]
+    assert job["metrics_path"] == "/metrics"
+
+
+def test_grafana_provisioning_points_at_the_dashboard() -> None:
+    grafana = ROOT / "docker" / "grafana"
+    datasources = yaml.safe_load((grafana / "provisioning/datasources/prometheus.yml").read_text())
+    (datasource,) = datasources["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((grafana / "provisioning/dashboards/mnist.yml").read_text())["providers"]
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    mounts = dict(volume.rsplit(":", 2)[:2][::-1] for volume in services["grafana"]["volumes"])
+    assert mounts[provider["options"]["path"]] == "./docker/grafana/dashboards"
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+
+
+def test_dashboard_reads_only_metrics_the_service_exports(live_server: LiveServer) -> None:
+    send_traffic(live_server.url, predictions=3)
+    exposition = httpx.get(f"{live_server.url}/metrics", timeout=10).text
+    samples = [line for line in exposition.splitlines() if line.startswith("mnist_")]
+    exported = {line.split("{")[0].split(" ")[0] for line in samples}
+    used = {name for expr in dashboard_exprs() for name in METRIC.findall(expr)}
+    assert used, "no PromQL in the dashboard"
+    assert used <= exported, f"not exported by the service: {sorted(used - exported)}"
+    families = {re.sub(r"_(bucket|count|sum|total)$", "", name) for name in used}
+    assert families >= REQUIRED_FAMILIES, f"no panel for {sorted(REQUIRED_FAMILIES - families)}"
