@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -207,9 +210,13 @@ def binary_request(header: bytes, data: bytes, length: int | None = None) -> tup
     return header + data, {HEADER_LENGTH: str(len(header) if length is None else length)}
 
 
-UINT8_HEADER = (
-    b'{"inputs":[{"name":"image","shape":[1,784],"datatype":"UINT8","parameters":{"binary_data_size":784}}]}'
-)
+def uint8_header(count: int) -> bytes:
+    """The JSON header of a binary request for `count` UINT8 images [count, 784]."""
+    parameters = b'"parameters":{"binary_data_size":%d}' % (count * 784)
+    return b'{"inputs":[{"name":"image","shape":[%d,784],"datatype":"UINT8",%s}]}' % (count, parameters)
+
+
+UINT8_HEADER = uint8_header(1)
 
 
 def json_body(text: str) -> tuple[bytes, dict[str, str]]:
@@ -318,6 +325,29 @@ def test_api_key_guards_infer_but_not_health(server_factory: Callable, images: n
             assert result.as_numpy("probabilities").shape == (1, 10)
         finally:
             client.close()
+
+
+def test_full_queue_is_503_with_retry_after(server_factory: Callable, images: np.ndarray) -> None:
+    """V2 shares /predict's bounded queue: while one request of 64 images waits for its batch to fill
+    (max wait 1 s, batch size 128), a queue of 64 has no room for the next one."""
+    env = {
+        "MNIST_MAX_QUEUE": "64",
+        "MNIST_MAX_BATCH_ITEMS": "64",
+        "MNIST_MAX_BATCH_SIZE": "128",
+        "MNIST_MAX_BATCH_WAIT_MS": "1000",
+    }
+    body, headers = binary_request(uint8_header(64), images.tobytes())
+    with server_factory(workers=1, env=env) as server, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, server.url + INFER, content=body, headers=headers, timeout=30)
+        deadline = time.monotonic() + 10
+        while not re.search(
+            r"^mnist_queue_depth\{.*\} 64\.0$", httpx.get(f"{server.url}/metrics").text, re.M
+        ):
+            assert time.monotonic() < deadline and not first.done(), "the first request never queued"
+        second = httpx.post(server.url + INFER, content=body, headers=headers)
+        assert second.status_code == 503 and second.headers["retry-after"], second.text
+        assert "busy" in second.json()["error"]
+        assert first.result().status_code == 200
 
 
 def test_not_ready_is_503_with_retry_after() -> None:
