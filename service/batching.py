@@ -150,7 +150,8 @@ class Batcher:
                 self._queue_wait.observe(started - item.enqueued)
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, x)
+                outputs = await loop.run_in_executor(self._executor, self.runtime.run, x)
+                self._observe(outputs, time.perf_counter() - started)
             except Exception as exc:  # a failed run fails its requests, never the loop
                 for item in batch:
                     if not item.future.done():
@@ -163,16 +164,13 @@ class Batcher:
                     item.future.set_result({name: value[start:end] for name, value in outputs.items()})
                 start = end
 
-    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """One onnxruntime run plus its metrics, in the worker thread (off the event loop)."""
-        started = time.perf_counter()
-        outputs = self.runtime.run(x)
-        self._inference.observe(time.perf_counter() - started)
-        self._batch_size.observe(len(x))
+    def _observe(self, outputs: dict[str, np.ndarray], seconds: float) -> None:
+        """Per-batch metrics on the event loop: Python work in the worker thread would contend for the GIL."""
+        self._inference.observe(seconds)
+        self._batch_size.observe(len(outputs[PROBABILITIES]))
         probabilities = outputs[PROBABILITIES]
-        for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10)):
+        for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10).tolist()):
             if count:
-                self._predictions[digit].inc(int(count))
+                self._predictions[digit].inc(count)
         for confidence in probabilities.max(axis=1).tolist():
             self._confidence.observe(confidence)
-        return outputs

@@ -9,26 +9,21 @@ from fastapi import Request
 from service.batching import Batcher
 from service.errors import ApiError
 from service.runtime import ModelRuntime
-from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def get_runtime(request: Request) -> ModelRuntime:
+async def get_runtime(request: Request) -> ModelRuntime:
     """The loaded model; 503 while the worker is still loading or warming up."""
     if not request.app.state.ready:
         raise ApiError(503, "model is loading; retry shortly", "not_ready", {"Retry-After": "1"})
     return request.app.state.runtime
 
 
-def get_batcher(request: Request) -> Batcher:
-    get_runtime(request)
+async def get_batcher(request: Request) -> Batcher:
+    await get_runtime(request)
     return request.app.state.batcher
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """When MNIST_API_KEY is set, predict/infer routes need `Authorization: Bearer <key>`."""
     key = request.app.state.settings.api_key
     if key is None:

@@ -24,7 +24,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> dict[str, str]:
     """200 once the model is loaded and every batch shape warmed up, else 503."""
-    get_runtime(request)
+    await get_runtime(request)
     return {"status": "ready"}
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -19,8 +19,7 @@ from service.dependencies import get_batcher, require_api_key
 from service.errors import ApiError
 from service.runtime import PROBABILITIES
 
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["predict"])
 
 
 class ModelRef(BaseModel):
@@ -47,6 +46,12 @@ def _body_doc(*media: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 PIXELS_DOC = {"type": "array", "description": "28 rows of 28 or 784 flat integers 0..255, 0 = background"}
 IMAGE_DOC = {"type": "string", "format": "binary"}
+DEBUG_DOC = {
+    "name": "debug",
+    "in": "query",
+    "schema": {"type": "boolean", "default": False},
+    "description": "add the 28x28 image the model saw",
+}
 SINGLE_DOC = _body_doc(
     ("application/json", {"type": "object", "properties": {"pixels": PIXELS_DOC}, "required": ["pixels"]}),
     ("multipart/form-data", {"type": "object", "properties": {"file": IMAGE_DOC}, "required": ["file"]}),
@@ -63,6 +68,21 @@ BATCH_DOC = _body_doc(
     ("multipart/form-data", {"type": "object", "properties": {"files": FILES_DOC}, "required": ["files"]}),
     ("application/octet-stream", RAW_DOC),
 )
+
+
+async def _admit(request: Request) -> Batcher:
+    """API key and readiness, checked inline: on this hot path FastAPI's dependency solver would cost
+    more than decoding the JSON pixels."""
+    await require_api_key(request)
+    return await get_batcher(request)
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ApiError(422, f"query parameter {name} must be true or false, got {value!r}", "validation")
 
 
 def _media_type(request: Request) -> str:
@@ -111,10 +131,12 @@ def _json(content: Any) -> Response:
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-@router.post("/predict", response_model=Prediction, openapi_extra=SINGLE_DOC)
-async def predict(request: Request, batcher: BatcherDep, debug: bool = False) -> Response:
+@router.post("/predict", response_model=Prediction, openapi_extra={**SINGLE_DOC, "parameters": [DEBUG_DOC]})
+async def predict(request: Request) -> Response:
     """One digit from JSON pixels, a multipart `file`, or a raw image/* body. `?debug=true` adds the
     28x28 image the model saw."""
+    batcher = await _admit(request)
+    debug = _flag(request.query_params.get("debug", "false"), "debug")
     settings = request.app.state.settings
     media_type = _media_type(request)
     shape = batcher.runtime.image_shape
@@ -133,8 +155,9 @@ async def predict(request: Request, batcher: BatcherDep, debug: bool = False) ->
 
 
 @router.post("/predict/batch", response_model=Predictions, openapi_extra=BATCH_DOC)
-async def predict_batch(request: Request, batcher: BatcherDep) -> Response:
+async def predict_batch(request: Request) -> Response:
     """Many digits, in order: JSON `instances`, multipart `files`, or octet-stream N x 784 uint8."""
+    batcher = await _admit(request)
     settings = request.app.state.settings
     media_type = _media_type(request)
     shape = batcher.runtime.image_shape
