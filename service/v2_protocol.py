@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ class InputType:
     high: float
 
 
-# FP32 is what the model takes ([0, 1]); UINT8 carries raw pixels 0..255, 4x smaller on the wire.
+# FP32 is what the model takes ([0, 1]); UINT8 carries pixels 0..255 (4x smaller), scaled like /predict's.
 INPUT_TYPES = {
     "FP32": InputType(np.dtype("<f4"), (int, float), 1.0),
     "UINT8": InputType(np.dtype("u1"), (int,), 255),
@@ -47,6 +47,7 @@ class Signature:
     input_name: str
     item_shape: tuple[int, ...]  # one example, e.g. (1, 28, 28); [N, *item_shape] and [N, size] are accepted
     outputs: Mapping[str, str]  # output name -> V2 datatype, in model order
+    from_pixels: Callable[[np.ndarray], np.ndarray]  # uint8 [N, ...] -> model input, as /predict scales them
 
     @property
     def item_size(self) -> int:
@@ -238,10 +239,9 @@ def _decode_input(
         values, used = _json_values(tensor["data"], kind, datatype, name, shape), 0
     else:
         raise bad_request(f"input {name!r} has no data and no parameters.binary_data_size")
-    images = values.astype(np.float32).reshape(shape[0], *model.item_shape)
-    if kind.high != 1:  # integer pixels 0..high -> [0, 1]
-        images /= kind.high
-    return images, used
+    if kind.dtype == np.uint8:
+        return model.from_pixels(values.reshape(shape[0], -1)), used
+    return values.reshape(shape[0], *model.item_shape), used
 
 
 def _binary_values(size: Any, binary: memoryview, kind: InputType, name: str, shape: list[int]) -> np.ndarray:

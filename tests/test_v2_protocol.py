@@ -20,7 +20,12 @@ from service.v2_protocol import (
     parse_infer_request,
 )
 
-MODEL = Signature("image", (1, 28, 28), {"logits": "FP32", "probabilities": "FP32"})
+MODEL = Signature(
+    "image",
+    (1, 28, 28),
+    {"logits": "FP32", "probabilities": "FP32"},
+    lambda pixels: np.divide(pixels, 255, dtype=np.float32).reshape(len(pixels), 1, 28, 28),
+)
 RNG = np.random.default_rng(0)
 
 
@@ -67,7 +72,7 @@ def test_json_and_binary_inputs_decode_to_the_same_images(shape: list[int], data
         expected = array.reshape(3, 1, 28, 28)
     else:
         array = RNG.integers(0, 256, shape, dtype=np.uint8)
-        expected = array.reshape(3, 1, 28, 28).astype(np.float32) / 255
+        expected = MODEL.from_pixels(array.reshape(3, 784))
     for data in (array.ravel().tolist(), array.tolist()):  # flat and nested
         images = parse(image_request(data, shape, datatype)).images
         assert images.dtype == np.float32
