@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -67,13 +68,21 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(ApiError(503, "server is shutting down", "shutdown"))
+        self._fail(self._pending, self._shutting_down())
         self._queue_depth.dec(self._queued)
         self._pending.clear()
         self._queued = 0
         self._executor.shutdown(wait=True)
+
+    @staticmethod
+    def _shutting_down() -> ApiError:
+        return ApiError(503, "server is shutting down; retry shortly", "shutdown", {"Retry-After": "1"})
+
+    @staticmethod
+    def _fail(items: Iterable[_Pending], exc: BaseException) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     async def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for `x` [k, *item_shape]; inputs above max_batch_size run as several batches."""
@@ -152,10 +161,11 @@ class Batcher:
             try:
                 outputs, seconds = await loop.run_in_executor(self._executor, self._timed_run, x)
                 self._observe(outputs, seconds)
+            except asyncio.CancelledError:  # stop() during a run: its callers must not wait for the deadline
+                self._fail(batch, self._shutting_down())
+                raise
             except Exception as exc:  # a failed run fails its requests, never the loop
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             start = 0
             for item in batch:
