@@ -1,0 +1,89 @@
+"""ONNX export (the contract with the service), metadata, and verification of every exported file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from trainer.data import Split
+from trainer.train import predict_logits
+
+OPSET = 17
+INPUT, LOGITS, PROBABILITIES = "image", "logits", "probabilities"
+MAX_ABS_DIFF = 1e-4
+MIN_COMPARED = 1000
+
+
+class Deployable(nn.Module):
+    """What the service runs: [0,1] images -> (logits, softmax(logits / T)); normalization is in the model."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(image)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def export_onnx(deployable: Deployable, path: Path) -> None:
+    """Write the graph: opset 17, dynamic batch dimension named "batch"."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deployable.cpu().eval()
+    torch.onnx.export(
+        deployable, (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, opset_version=OPSET,
+        input_names=[INPUT], output_names=[LOGITS, PROBABILITIES],
+        dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}, PROBABILITIES: {0: "batch"}},
+    )
+
+
+def write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the file's metadata_props (strings only, as ONNX requires)."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+
+
+def run_onnx(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
+    """Outputs for uint8 images [N,28,28] through onnxruntime on the CPU, as the service feeds them."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs: dict[str, list[np.ndarray]] = {LOGITS: [], PROBABILITIES: []}
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size, None].astype(np.float32) / 255
+        for name, value in zip([LOGITS, PROBABILITIES], session.run([LOGITS, PROBABILITIES], {INPUT: x}),
+                               strict=True):
+            outputs[name].append(value)
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+@dataclass
+class Verification:
+    max_abs_diff: float  # probabilities, onnxruntime vs torch
+    compared: int
+    outputs: dict[str, np.ndarray]  # onnxruntime outputs on the whole split
+    correct: int
+    accuracy: float
+
+
+def verify(path: Path, deployable: Deployable, split: Split) -> Verification:
+    """onnx.checker; onnxruntime vs torch on the whole split (>= 1000 images); accuracy via onnxruntime."""
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    if len(split.labels) < MIN_COMPARED:
+        raise ValueError(f"need at least {MIN_COMPARED} images to compare onnxruntime with torch")
+    outputs = run_onnx(path, split.images)
+    logits = predict_logits(deployable.model, split.images, torch.device("cpu"))
+    expected = torch.softmax(logits / deployable.temperature, dim=1).numpy()
+    diff = float(np.abs(outputs[PROBABILITIES] - expected).max())
+    if diff > MAX_ABS_DIFF:
+        raise RuntimeError(f"{path}: onnxruntime and torch probabilities differ by {diff:.2e} "
+                           f"> {MAX_ABS_DIFF}")
+    correct = int((outputs[PROBABILITIES].argmax(1) == split.labels).sum())
+    return Verification(diff, len(split.labels), outputs, correct, correct / len(split.labels))

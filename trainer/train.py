@@ -1,0 +1,161 @@
+"""The training loop: augmented mini-batches, one-cycle AdamW, best-on-validation checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from trainer.data import Mnist, Split
+from trainer.model import LeNet5
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (recorded in the model card and ONNX metadata)."""
+
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    limit: int | None = None
+    # Affine jitter: rotation (degrees), scale (+-fraction), shift (pixels).
+    rotate: float = 10.0
+    scale: float = 0.1
+    shift: float = 2.0
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = 0.0
+    seconds: float = 0.0
+
+
+def pick_device(choice: str) -> torch.device:
+    """auto -> CUDA when present, else CPU; asking for CUDA on a machine without it is an error."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if choice == "cpu":
+        # One intra-op thread per core; more only adds contention on small convolutions.
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        torch.set_num_threads(len(cores))
+    return torch.device(choice)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same device -> same weights (deterministic kernels; cuBLAS needs its workspace setting)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [N,28,28] on the host -> float [N,1,28,28] in [0,1] on the device (pinned, async on CUDA)."""
+    if device.type == "cuda":
+        images = images.pin_memory()
+    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+
+
+def jitter(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random small rotation/scale/shift of a whole batch at once (one affine_grid + grid_sample)."""
+    n = x.shape[0]
+    rand = torch.rand(n, 4, generator=generator, device=x.device) * 2 - 1
+    angle = rand[:, 0] * math.radians(config.rotate)
+    scale = 1 + rand[:, 1] * config.scale
+    shift = rand[:, 2:] * (2 * config.shift / x.shape[-1])  # pixels -> normalized [-1, 1] coordinates
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device,
+                   batch_size: int = 1000) -> torch.Tensor:
+    """Logits [N,10] on the CPU for uint8 images [N,28,28], in eval mode."""
+    model.eval()
+    source = torch.from_numpy(images)
+    return torch.cat([model(to_device(source[i:i + batch_size], device)).float().cpu()
+                      for i in range(0, len(source), batch_size)])
+
+
+def evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a split."""
+    logits = predict_logits(model, split.images, device)
+    labels = torch.from_numpy(split.labels)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Path) -> tuple[LeNet5, History]:
+    """Train LeNet5; return the epoch with the best validation accuracy (also saved to `checkpoint`)."""
+    seed_everything(config.seed)
+    model = LeNet5().to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    shuffler = torch.Generator().manual_seed(config.seed)
+    images = torch.from_numpy(data.train.images[: config.limit])
+    labels = torch.from_numpy(data.train.labels[: config.limit])
+    steps = math.ceil(len(images) / config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                   steps_per_epoch=steps)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    history = History()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(images), generator=shuffler)
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        for step in bar:
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = jitter(to_device(images[index], device), config, generator)
+            y = labels[index].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+        bar.close()
+        val_loss, val_acc = evaluate(model, data.validation, device)
+        row = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
+               "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - epoch_start}
+        history.epochs.append(row)
+        best = val_acc > history.best_val_accuracy
+        if best:
+            history.best_epoch, history.best_val_accuracy = epoch, val_acc
+            torch.save(model.state_dict(), checkpoint)
+        tqdm.write(f"epoch {epoch:2d}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
+                   f"{row['train_accuracy']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
+                   f"{row['seconds']:.1f}s{'  *best' if best else ''}")
+    history.seconds = time.perf_counter() - started
+    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+    model.eval()
+    return model, history
