@@ -290,7 +290,7 @@ def _json_values(data: Any, kind: InputType, datatype: str, name: str, shape: li
 def _requested_outputs(
     requested: Any, output_names: list[str], binary_default: bool
 ) -> tuple[RequestedOutput, ...]:
-    if requested is None:
+    if requested is None or requested == []:  # none named: all of them
         return tuple(RequestedOutput(name, binary_default) for name in output_names)
     if not isinstance(requested, list) or not all(isinstance(output, dict) for output in requested):
         raise bad_request("outputs must be a list of objects")

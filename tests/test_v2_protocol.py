@@ -86,8 +86,10 @@ def test_outputs_default_to_all_in_json_and_honour_binary_flags() -> None:
         RequestedOutput("logits", False),
         RequestedOutput("probabilities", False),
     )
-    request = parse({**image_request(data, [1, 784]), "parameters": {"binary_data_output": True}})
-    assert all(output.binary for output in request.outputs)
+    request = parse(
+        {**image_request(data, [1, 784]), "parameters": {"binary_data_output": True}, "outputs": []}
+    )
+    assert request.outputs == (RequestedOutput("logits", True), RequestedOutput("probabilities", True))
     request = parse(
         {
             **image_request(data, [1, 784]),
