@@ -1,0 +1,161 @@
+"""Real `python -m service` processes on 127.0.0.1: batching, the queue bound, metrics across workers,
+readiness, and refusing to start when CUDA is demanded but not active."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.liveserver import ROOT, free_port
+from tests.service_model import build_model
+
+PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
+
+
+@pytest.fixture(scope="module")
+def model_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    path = build_model(tmp_path_factory.mktemp("model") / "lenet5.onnx")
+    return {"MNIST_MODEL_PATH": str(path), "MNIST_PROVIDERS": "cpu"}
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of all samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+async def burst(url: str, n: int, path: str = "/predict") -> list[httpx.Response]:
+    """n concurrent single-image JSON requests over n connections."""
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        return await asyncio.gather(*(client.post(path, json={"pixels": PIXELS[i % 64]}) for i in range(n)))
+
+
+def test_two_workers_batch_concurrent_requests_and_share_metrics(
+    server_factory, model_env, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "prometheus"
+    env = {**model_env, "MNIST_MAX_BATCH_WAIT_MS": "20", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with server_factory(workers=2, env=env) as server:
+        responses = asyncio.run(burst(server.url, 64))
+        assert [r.status_code for r in responses] == [200] * 64
+        singles = [httpx.post(f"{server.url}/predict", json={"pixels": p}).json() for p in PIXELS[:8]]
+        assert [r.json() for r in responses[:8]] == singles  # batched or alone: identical answers
+        scrapes = []
+        for _ in range(4):  # fresh connections: whichever worker answers reports the sum over both
+            with httpx.Client(base_url=server.url) as client:
+                scrapes.append(client.get("/metrics").text)
+        workers = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("histogram_*.db")}
+    assert len(workers) == 2, "both workers served requests"
+    for text in scrapes:
+        assert metric_sum(text, "mnist_request_duration_seconds_count", route="/predict", status="200") == 72
+        assert metric_sum(text, "mnist_predictions_total") == 72
+        assert metric_sum(text, "mnist_requests_in_flight") == 1  # the scrape itself
+    text = scrapes[-1]
+    images = metric_sum(text, "mnist_batch_size_sum")
+    batches = metric_sum(text, "mnist_batch_size_count")
+    assert images == 72
+    assert batches < 64, "concurrent requests were merged into batches of more than one image"
+    assert metric_sum(text, "mnist_batch_size_bucket", le="1.0") < batches
+    assert metric_sum(text, "mnist_model_info", provider="CPUExecutionProvider") == 1
+
+
+def test_queue_bound_gives_503_with_retry_after(server_factory, model_env) -> None:
+    env = {
+        **model_env,
+        "MNIST_MAX_QUEUE": "2",
+        "MNIST_MAX_BATCH_ITEMS": "2",
+        "MNIST_MAX_BATCH_SIZE": "4",
+        "MNIST_MAX_BATCH_WAIT_MS": "300",  # a batch waits to fill while the burst arrives
+    }
+    with server_factory(workers=1, env=env) as server:
+        responses = asyncio.run(burst(server.url, 24))
+        text = httpx.get(f"{server.url}/metrics").text
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    busy = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "1" and "busy" in r.json()["error"] for r in busy)
+    assert metric_sum(text, "mnist_errors_total", reason="queue_full", status="503") == len(busy)
+
+
+def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def test_ready_only_after_warm_up(model_env, tmp_path: Path) -> None:
+    """1024 batch shapes take seconds to warm up: live at once, ready only afterwards."""
+    env = {**model_env, "MNIST_MAX_BATCH_SIZE": "1024", "MNIST_INTRA_OP_THREADS": "1"}
+    process, url = start(env, tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "server never became live"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        first = httpx.get(f"{url}/readyz")
+        assert first.status_code == 503 and "loading" in first.json()["error"]
+        assert httpx.post(f"{url}/predict", json={"pixels": PIXELS[0]}).status_code == 503
+        while httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.05)
+        assert httpx.post(f"{url}/predict", json={"pixels": PIXELS[0]}).status_code == 200
+    finally:
+        stop(process)
+    assert "warmed up batch sizes 1..1024" in (tmp_path / "server.log").read_text()
+
+
+def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from service.runtime import ModelLoadError, ModelRuntime
+
+    try:
+        ModelRuntime(Path(model_env["MNIST_MODEL_PATH"]), "cuda")
+    except ModelLoadError:  # expected here: CPU-only machine
+        pass
+    else:
+        pytest.skip("CUDA really works on this machine")
+    assert "CUDAExecutionProvider" in ort.get_available_providers()
+    process, _ = start({**model_env, "MNIST_PROVIDERS": "cuda"}, tmp_path / "server.log")
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        stop(process)
+    output = (tmp_path / "server.log").read_text()
+    assert code != 0
+    assert "MNIST_PROVIDERS=cuda but the CUDA execution provider is not active" in output
+    assert "Traceback" not in output
