@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# What each worker logs once it has warmed up (service/app.py).
+READY_MARK = "; ready"
 
 
 def free_port() -> int:
@@ -34,7 +36,11 @@ class LiveServer:
 def run_server(
     tmp_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 90.0
 ) -> Iterator[LiveServer]:
-    """Start `python -m service` on a free 127.0.0.1 port and wait (bounded) until /readyz says 200."""
+    """Start `python -m service` on a free 127.0.0.1 port; wait (bounded) until every worker is ready.
+
+    /readyz reaches one worker at a time, so it alone cannot tell that all of them have warmed up:
+    each worker logs a line ending in READY_MARK when it is, and the log must hold one per worker.
+    """
     port = free_port()
     log = tmp_dir / f"server-{port}.log"
     full_env = {**os.environ, **(env or {})}
@@ -63,10 +69,11 @@ def run_server(
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
-                    break
+                ready = httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200
             except httpx.TransportError:
-                pass
+                ready = False
+            if ready and log.read_text(errors="replace").count(READY_MARK) >= workers:
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server not ready in {ready_timeout} s:\n{log.read_text()}")
             time.sleep(0.1)

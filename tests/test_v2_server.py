@@ -43,34 +43,23 @@ def images(mnist_dir: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(live_server: LiveServer) -> LiveServer:
-    """live_server returns once one worker answers /readyz; the other may still be warming up (503).
-    Wait, bounded, until both workers have logged that they are ready."""
-    deadline = time.monotonic() + 60
-    while live_server.log.read_text().count("; ready") < 2:
-        assert time.monotonic() < deadline, live_server.log.read_text()
-        time.sleep(0.1)
-    return live_server
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+def client(live_server: LiveServer) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(live_server.url.removeprefix("http://"))
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def described(server: LiveServer) -> dict:
+def described(live_server: LiveServer) -> dict:
     """What the friendly API says about the model: the reference for V2 metadata."""
-    return httpx.get(f"{server.url}/v1/models/{MODEL}").json()
+    return httpx.get(f"{live_server.url}/v1/models/{MODEL}").json()
 
 
 @pytest.fixture(scope="module")
-def expected(server: LiveServer, images: np.ndarray) -> np.ndarray:
+def expected(live_server: LiveServer, images: np.ndarray) -> np.ndarray:
     """/predict/batch's probabilities for the same images: V2 must agree with them."""
     response = httpx.post(
-        f"{server.url}/predict/batch",
+        f"{live_server.url}/predict/batch",
         content=images.tobytes(),
         headers={"Content-Type": "application/octet-stream"},
     )
@@ -191,7 +180,9 @@ def test_bad_shape_is_400(client: triton.InferenceServerClient, images: np.ndarr
     )
 
 
-def test_plain_json_request_nested_data(server: LiveServer, images: np.ndarray, expected: np.ndarray) -> None:
+def test_plain_json_request_nested_data(
+    live_server: LiveServer, images: np.ndarray, expected: np.ndarray
+) -> None:
     """What a curl user writes: nested rows of floats, one output, an id."""
     request = {
         "id": "curl-1",
@@ -205,7 +196,7 @@ def test_plain_json_request_nested_data(server: LiveServer, images: np.ndarray, 
         ],
         "outputs": [{"name": "probabilities"}],
     }
-    response = httpx.post(server.url + INFER, json=request)
+    response = httpx.post(live_server.url + INFER, json=request)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json" and HEADER_LENGTH not in response.headers
     body = response.json()
@@ -305,17 +296,17 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
-def test_hostile_requests_get_a_clear_4xx(server: LiveServer, case: str) -> None:
+def test_hostile_requests_get_a_clear_4xx(live_server: LiveServer, case: str) -> None:
     (body, headers), status, message = BAD_REQUESTS[case]
-    response = httpx.post(server.url + INFER, content=body, headers=headers)
+    response = httpx.post(live_server.url + INFER, content=body, headers=headers)
     assert response.status_code == status, response.text
     assert list(response.json()) == ["error"] and message in response.json()["error"]
 
 
-def test_v2_routes_are_measured(server: LiveServer, client: triton.InferenceServerClient) -> None:
+def test_v2_routes_are_measured(live_server: LiveServer, client: triton.InferenceServerClient) -> None:
     client.is_model_ready(MODEL)
-    httpx.post(server.url + INFER, content=b"{")
-    text = httpx.get(f"{server.url}/metrics").text
+    httpx.post(live_server.url + INFER, content=b"{")
+    text = httpx.get(f"{live_server.url}/metrics").text
     assert 'route="/v2/models/{name}/ready"' in text
     assert 'mnist_errors_total{reason="invalid_request",status="400"}' in text
 
