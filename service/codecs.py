@@ -125,7 +125,11 @@ def batch_raw(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarray
 
 def check_count(n: int, max_items: int) -> None:
     if n > max_items:
-        raise ApiError(413, f"batch of {n} images exceeds the limit of {max_items}", "batch_too_large")
+        raise too_many(str(n), max_items)
+
+
+def too_many(count: str, max_items: int) -> ApiError:
+    return ApiError(413, f"batch of {count} images exceeds the limit of {max_items}", "batch_too_large")
 
 
 def image(data: bytes, max_pixels: int) -> np.ndarray:

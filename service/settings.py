@@ -12,6 +12,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cores() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Service configuration; `MNIST_<FIELD>` environment variables override the defaults."""
 
@@ -30,7 +37,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    workers: int = Field(default_factory=lambda: cores(), ge=1)
     intra_op_threads: int = Field(0, ge=0)
 
     @field_validator("cors_origins", mode="before")
@@ -56,4 +63,4 @@ class Settings(BaseSettings):
     @property
     def threads_per_worker(self) -> int:
         """onnxruntime intra-op threads: explicit, or the cores shared out so workers x threads <= cores."""
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.intra_op_threads or max(1, cores() // self.workers)

@@ -252,6 +252,8 @@ def test_bad_batch_instances(client: TestClient) -> None:
     error(client.post("/predict/batch", content=b"\0" * 784 * 9, headers=octet), 413, "9")
     files = [("files", (f"{i}.png", digit_png((40, 40)))) for i in range(9)]
     error(client.post("/predict/batch", files=files), 413, "9")
+    files = [("files", (f"{i}.png", b"x")) for i in range(50)]
+    error(client.post("/predict/batch", files=files), 413, "more than 8")
     error(client.post("/predict/batch", files={"file": ("x.png", digit_png())}), 422, "'files'")
 
 

@@ -80,7 +80,7 @@ def test_bad_models_are_refused(tmp_path: Path) -> None:
 
 
 def test_threads_share_out_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("service.settings.cores", lambda: 8)
     assert Settings(workers=2).threads_per_worker == 4
     assert Settings(workers=3).threads_per_worker == 2
     assert Settings(workers=16).threads_per_worker == 1

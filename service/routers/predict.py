@@ -97,8 +97,10 @@ def _unsupported(media_type: str, accepted: str) -> ApiError:
 async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
     """The uploaded files of a multipart field (bounded by the body limit and max_items)."""
     try:
-        form = await request.form(max_files=max_items + 1, max_fields=max_items + 1)
+        form = await request.form(max_files=max_items + 1, max_fields=64)
     except HTTPException as exc:  # Starlette reports malformed or oversized multipart bodies this way
+        if str(exc.detail).startswith("Too many files"):
+            raise codecs.too_many(f"more than {max_items}", max_items) from None
         raise ApiError(422, f"invalid multipart body: {exc.detail}", "invalid_multipart") from None
     try:
         uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
@@ -122,7 +124,7 @@ async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, A
     model = {"name": runtime.name, "version": runtime.version}
     digits = probabilities.argmax(axis=1).tolist()
     return [
-        {"digit": digit, "confidence": float(row[digit]), "probabilities": row, "model": model}
+        {"digit": digit, "confidence": row[digit], "probabilities": row, "model": model}
         for digit, row in zip(digits, probabilities, strict=True)
     ]
 
