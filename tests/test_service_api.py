@@ -38,7 +38,8 @@ def started(app) -> TestClient:
 
 
 def make_app(model_path: Path, **overrides):
-    return create_app(Settings(model_path=model_path, max_batch_items=8, max_queue=64, **overrides))
+    options = {"max_batch_items": 8, "max_queue": 64, **overrides}
+    return create_app(Settings(model_path=model_path, **options))
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +142,17 @@ def test_batch_multipart_files_in_order(client: TestClient) -> None:
 
 
 def test_batch_larger_than_max_batch_size_is_split_and_reassembled(model_path: Path) -> None:
-    client = started(make_app(model_path, max_batch_size=2))
+    client = started(make_app(model_path, max_batch_size=2, max_batch_items=100, max_queue=200))
     try:
         pixels = RNG.integers(0, 256, (7, 784), dtype=np.uint8)
+        large = RNG.integers(
+            0, 256, (100, 784), dtype=np.uint8
+        )  # ~300 kB of JSON: decoded off the event loop
+        as_json = client.post("/predict/batch", json={"instances": large.tolist()})
+        as_raw = client.post(
+            "/predict/batch", content=large.tobytes(), headers={"content-type": "application/octet-stream"}
+        )
+        assert as_json.status_code == 200 and as_json.json() == as_raw.json()
         batch = client.post(
             "/predict/batch", content=pixels.tobytes(), headers={"content-type": "application/octet-stream"}
         ).json()["predictions"]

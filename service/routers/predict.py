@@ -20,6 +20,7 @@ from service.errors import ApiError
 from service.runtime import PROBABILITIES
 
 router = APIRouter(tags=["predict"])
+LARGE_JSON = 256 * 1024
 
 
 class ModelRef(BaseModel):
@@ -164,7 +165,11 @@ async def predict_batch(request: Request) -> Response:
     media_type = _media_type(request)
     shape = batcher.runtime.image_shape
     if media_type == "application/json":
-        images = codecs.batch_json(await request.body(), shape, settings.max_batch_items)
+        body = await request.body()
+        if len(body) > LARGE_JSON:  # decoding megabytes takes milliseconds: keep the event loop free
+            images = await run_in_threadpool(codecs.batch_json, body, shape, settings.max_batch_items)
+        else:
+            images = codecs.batch_json(body, shape, settings.max_batch_items)
     elif media_type == "multipart/form-data":
         files = await _files(request, "files", settings.max_batch_items)
         images = await _images(files, settings.max_image_pixels)
