@@ -17,7 +17,8 @@ RUN /opt/venv/bin/pip install --require-hashes --no-deps -r "docker/requirements
 COPY pyproject.toml README.md ./
 COPY service/ service/
 RUN /opt/venv/bin/pip install --no-deps . \
-    && /opt/venv/bin/python -I -c "import onnxruntime, service.app; print(onnxruntime.get_available_providers())"
+    && /opt/venv/bin/python -I -c "import onnxruntime, service.app; print(onnxruntime.get_available_providers())" \
+    && /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
 ARG VARIANT=gpu

