@@ -69,7 +69,7 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail(self._pending, self._shutting_down())
-        self._queue_depth.dec(self._queued)
+        self._queue_depth.set(0)
         self._pending.clear()
         self._queued = 0
         self._executor.shutdown(wait=True)
@@ -101,7 +101,6 @@ class Batcher:
             self._pending.append(_Pending(x[start : start + self.max_batch_size], future))
             futures.append(future)
         self._queued += k
-        self._queue_depth.inc(k)
         self._wake.set()
         if self._queued >= self.max_batch_size:
             self._full.set()
@@ -133,7 +132,6 @@ class Batcher:
                 break
             self._pending.popleft()
             self._queued -= n
-            self._queue_depth.dec(n)
             if not item.future.done():
                 batch.append(item)
                 size += n
@@ -152,6 +150,7 @@ class Batcher:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._full.wait(), remaining)
             batch = self._take()
+            self._queue_depth.set(self._queued)  # sampled once per batch: cheaper than per request
             if not batch:
                 continue
             started = time.perf_counter()

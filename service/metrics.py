@@ -59,7 +59,10 @@ QUEUE_WAIT = Histogram(
 BATCH_SIZE = Histogram("mnist_batch_size", "Images per onnxruntime run.", MODEL, buckets=BATCH_BUCKETS)
 IN_FLIGHT = Gauge("mnist_requests_in_flight", "HTTP requests being served.", multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge(
-    "mnist_queue_depth", "Images waiting in the batching queue.", MODEL, multiprocess_mode="livesum"
+    "mnist_queue_depth",
+    "Images waiting in the batching queue, sampled as each batch starts.",
+    MODEL,
+    multiprocess_mode="livesum",
 )
 PREDICTIONS = Counter("mnist_predictions", "Predictions by predicted digit.", (*MODEL, "digit"))
 CONFIDENCE = Histogram(

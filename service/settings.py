@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     model_path: Path = ROOT / "models" / "lenet5.onnx"
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     # Defaults measured with bench/batching.py on 2 cores (see README "Configuration").
-    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(1024, ge=1)
     request_timeout_s: float = Field(10.0, gt=0.0)

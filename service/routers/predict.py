@@ -139,7 +139,7 @@ async def predict(request: Request) -> Response:
     """One digit from JSON pixels, a multipart `file`, or a raw image/* body. `?debug=true` adds the
     28x28 image the model saw."""
     batcher = await _admit(request)
-    debug = _flag(request.query_params.get("debug", "false"), "debug")
+    debug = bool(request.scope["query_string"]) and _flag(request.query_params.get("debug", "false"), "debug")
     settings = request.app.state.settings
     media_type = _media_type(request)
     shape = batcher.runtime.image_shape
