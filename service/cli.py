@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mnist-serve: cannot start: {exc}")
     path, owned = _metrics_dir()
     os.environ[MULTIPROC_ENV] = str(path)
+    print(
+        f"mnist-serve: {args.workers} worker(s) x {settings.threads_per_worker} onnxruntime thread(s), "
+        f"metrics in {path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
             "service.app:create_app",

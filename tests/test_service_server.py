@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.settings import cores
 from tests.liveserver import ROOT, free_port
 from tests.service_model import build_model
 
@@ -47,6 +48,8 @@ def test_two_workers_batch_concurrent_requests_and_share_metrics(
     server_factory, model_env, tmp_path: Path
 ) -> None:
     metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_99999.db").write_bytes(b"left over from an earlier run")
     env = {**model_env, "MNIST_MAX_BATCH_WAIT_MS": "20", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with server_factory(workers=2, env=env) as server:
         responses = asyncio.run(burst(server.url, 64))
@@ -58,6 +61,7 @@ def test_two_workers_batch_concurrent_requests_and_share_metrics(
             with httpx.Client(base_url=server.url) as client:
                 scrapes.append(client.get("/metrics").text)
         workers = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("histogram_*.db")}
+        assert not (metrics_dir / "counter_99999.db").exists(), "stale metrics are wiped at startup"
     assert len(workers) == 2, "both workers served requests"
     for text in scrapes:
         assert metric_sum(text, "mnist_request_duration_seconds_count", route="/predict", status="200") == 72
@@ -136,6 +140,18 @@ def test_ready_only_after_warm_up(model_env, tmp_path: Path) -> None:
     finally:
         stop(process)
     assert "warmed up batch sizes 1..1024" in (tmp_path / "server.log").read_text()
+
+
+def test_cli_owns_and_removes_its_metrics_dir(server_factory, model_env) -> None:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        pytest.skip("PROMETHEUS_MULTIPROC_DIR is set for the whole test run")
+    with server_factory(workers=1, env=model_env) as server:
+        assert httpx.post(f"{server.url}/predict", json={"pixels": PIXELS[0]}).status_code == 200
+        line = next(line for line in server.log.read_text().splitlines() if "metrics in" in line)
+        assert f"1 worker(s) x {cores()} onnxruntime thread(s)" in line
+        metrics_dir = Path(line.rsplit("metrics in ", 1)[1])
+        assert list(metrics_dir.glob("*.db"))
+    assert not metrics_dir.exists()
 
 
 def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -> None:
