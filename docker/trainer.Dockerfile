@@ -16,9 +16,10 @@ COPY trainer/ trainer/
 RUN /opt/venv/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --user-group --create-home --shell /usr/sbin/nologin mnist
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mnist
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# HOME in /tmp: caches (torch, matplotlib) stay writable for whatever --user compose passes.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/tmp NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /app
 USER 10001:10001
 ENTRYPOINT ["mnist-train"]

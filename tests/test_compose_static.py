@@ -8,6 +8,7 @@ import subprocess
 
 import httpx
 import pytest
+import tomllib
 import yaml
 
 from tests.conftest import require_program
@@ -33,6 +34,30 @@ REQUIRED_FAMILIES = {
     "mnist_prediction_confidence",
     "mnist_model_info",  # active provider
 }
+
+
+def names(requirements: list[str]) -> set[str]:
+    """Normalized distribution names of requirement strings (extras, versions and markers dropped)."""
+    bare = (re.match(r"[A-Za-z0-9_.-]+", item).group() for item in requirements)
+    return {re.sub(r"[-_.]+", "-", name).lower() for name in bare}
+
+
+def locked(variant: str) -> set[str]:
+    lines = (ROOT / "docker" / "requirements" / f"{variant}.txt").read_text().splitlines()
+    pins = [line for line in lines if re.match(r"^[a-z0-9]", line)]
+    assert pins and all(line.endswith("\\") for line in pins), "every pin carries its --hash lines"
+    return names(pins)
+
+
+def test_image_locks_pin_every_project_dependency() -> None:
+    """Regenerate with docker/requirements/lock.sh when pyproject.toml's dependencies change."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serving, extras = names(project["dependencies"]), project["optional-dependencies"]
+    assert serving | names(extras["cuda"]) | {"nvidia-cudnn-cu13", "nvidia-cublas"} <= locked("gpu")
+    cpu = locked("cpu")
+    assert serving - {"onnxruntime-gpu"} | {"onnxruntime"} <= cpu and "onnxruntime-gpu" not in cpu
+    assert serving | names(extras["train"]) <= locked("train")
+    assert "setuptools" in locked("build")
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)

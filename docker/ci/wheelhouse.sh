@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Download the image's pinned wheels on the host into wheelhouse/<variant>/, because pip inside
 # `docker build` runs offline (--no-index): the build is hermetic and reproducible from the locks.
+# ($PYTHON, default python3, runs pip: any interpreter whose pip reaches the package index.)
 # Usage: docker/ci/wheelhouse.sh cpu|gpu|train   (cpu ~60 MB; gpu: onnxruntime-gpu + CUDA/cuDNN, ~1.5 GB;
 #                                                  train: torch with CUDA for docker/trainer.Dockerfile)
 set -euo pipefail
@@ -12,7 +13,7 @@ mkdir -p "$dest"
 platforms=(--platform manylinux2014_x86_64)
 for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
 for lock in "docker/requirements/$variant.txt" docker/requirements/build.txt; do
-    python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: --dest "$dest" \
+    "${PYTHON:-python3}" -m pip download --quiet --no-deps --require-hashes --only-binary=:all: --dest "$dest" \
         "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 -r "$lock"
 done
 du -sh "$dest"
