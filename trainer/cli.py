@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": shlex.join(["mnist-train", *(sys.argv[1:] if argv is None else argv)]),
             "seconds": round(history.seconds, 1),
             "seconds_per_epoch": round(history.seconds / config.epochs, 1),
+            "cpu_seconds": round(history.cpu_seconds, 1),
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name,
             "threads": torch.get_num_threads(),

@@ -1,0 +1,31 @@
+"""The shipped models/lenet5.onnx is the one its card describes, and it meets the accuracy target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from trainer.data import load_mnist
+from trainer.export import PROBABILITIES, run_onnx
+from trainer.report import sha256_file
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+TARGET = 0.995
+
+
+def test_sha256_matches_card() -> None:
+    card = json.loads((MODELS / "lenet5.json").read_text())
+    assert card["onnx_sha256"] == sha256_file(MODELS / "lenet5.onnx")
+
+
+def test_test_accuracy_through_onnxruntime(mnist_dir: Path) -> None:
+    card = json.loads((MODELS / "lenet5.json").read_text())
+    test = load_mnist(mnist_dir).test
+    predicted = run_onnx(MODELS / "lenet5.onnx", test.images)[PROBABILITIES].argmax(1)
+    correct = int((predicted == test.labels).sum())
+    assert correct / len(test.labels) >= TARGET
+    assert correct == card["test_correct"] and correct / len(test.labels) == card["test_accuracy"]
+    metadata = {p.key: p.value for p in onnx.load(str(MODELS / "lenet5.onnx")).metadata_props}
+    assert metadata["test_accuracy"] == f"{card['test_accuracy']:.4f}"

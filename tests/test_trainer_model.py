@@ -1,0 +1,51 @@
+"""The architecture, the augmentation and the calibration maths, on real tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.calibrate import expected_calibration_error, fit_temperature
+from trainer.export import Deployable
+from trainer.model import PARAMETER_BUDGET, LeNet5, count_parameters
+from trainer.train import TrainConfig, jitter
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_output_shapes(batch: int) -> None:
+    model = LeNet5().eval()
+    logits, probabilities = Deployable(model, temperature=1.5)(torch.rand(batch, 1, 28, 28))
+    assert logits.shape == probabilities.shape == (batch, 10)
+    assert torch.allclose(probabilities.sum(1), torch.ones(batch))
+
+
+def test_parameter_budget() -> None:
+    assert 50_000 < count_parameters(LeNet5()) <= PARAMETER_BUDGET
+
+
+def test_jitter_keeps_shape_range_and_ink() -> None:
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 12:16] = 1.0
+    out = jitter(x, TrainConfig(), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)
+    # Small jitter: the stroke moves a little but stays on the canvas.
+    assert torch.allclose(out.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.25)
+
+
+def test_temperature_recovers_a_known_overconfidence() -> None:
+    generator = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(20_000, 10, generator=generator) * 2
+    labels = torch.multinomial(torch.softmax(true_logits, 1), 1, generator=generator).squeeze(1)
+    assert fit_temperature(true_logits * 3, labels) == pytest.approx(3.0, rel=0.05)
+
+
+def test_ece_zero_when_confidence_matches_accuracy() -> None:
+    probabilities = np.full((10, 10), 0.05)
+    probabilities[:, 0] = 0.55  # 55 % confident, right on 11 of 20 -> calibrated
+    labels = np.zeros(10, dtype=np.int64)
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(0.45)
+    both = np.concatenate([probabilities, probabilities])
+    half_right = np.concatenate([np.zeros(11, dtype=np.int64), np.ones(9, dtype=np.int64)])
+    assert expected_calibration_error(both, half_right) == pytest.approx(0.0)
