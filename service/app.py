@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -121,6 +122,9 @@ async def _warm_up(app: FastAPI) -> None:
     runtime: ModelRuntime = app.state.runtime
     started = time.perf_counter()
     await asyncio.to_thread(runtime.warm_up, settings.max_batch_size)
+    # Startup objects live forever: keep them out of the collector's way, so full collections stay short.
+    gc.collect()
+    gc.freeze()
     app.state.ready = True
     log.info(
         "warmed up batch sizes 1..%d in %.2f s; ready", settings.max_batch_size, time.perf_counter() - started
