@@ -38,9 +38,23 @@ def _settings() -> Settings:
         sys.exit(f"mnist-serve: invalid settings (MNIST_* environment): {exc}")
 
 
+def _environment_help() -> str:
+    """The settings, from their one definition in service/settings.py."""
+    lines = ["environment (every setting):"]
+    for name, field in Settings.model_fields.items():
+        default = "number of cores" if field.default_factory else field.default
+        lines.append(f"  MNIST_{name.upper():<20} {field.description or name} [{default}]")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     defaults = _settings()
-    parser = argparse.ArgumentParser(prog="mnist-serve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mnist-serve",
+        description=__doc__,
+        epilog=_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(

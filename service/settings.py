@@ -24,21 +24,25 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MNIST_", protected_namespaces=())
 
-    model_path: Path = ROOT / "models" / "lenet5.onnx"
-    providers: Literal["auto", "cuda", "cpu"] = "auto"
-    # Defaults measured with bench/batching.py on 2 cores (see README "Configuration").
-    max_batch_size: int = Field(64, ge=1, le=4096)
-    max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
-    max_queue: int = Field(1024, ge=1)
-    request_timeout_s: float = Field(10.0, gt=0.0)
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    max_batch_items: int = Field(1024, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=784)
-    api_key: SecretStr | None = None
-    cors_origins: Annotated[list[str], NoDecode] = []
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    workers: int = Field(default_factory=lambda: cores(), ge=1)
-    intra_op_threads: int = Field(0, ge=0)
+    model_path: Path = Field(
+        ROOT / "models" / "lenet5.onnx", description="ONNX model; its card is the .json beside it"
+    )
+    providers: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA if it loads, else CPU")
+    # Batching defaults measured with bench/batching.py on 2 cores (README "Configuration").
+    max_batch_size: int = Field(
+        64, ge=1, le=4096, description="images per onnxruntime run (and warm-up shapes)"
+    )
+    max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait for a batch to fill")
+    max_queue: int = Field(1024, ge=1, description="images waiting for a run before 503 + Retry-After")
+    request_timeout_s: float = Field(10.0, gt=0.0, description="deadline for a request's inference (504)")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit (413)")
+    max_batch_items: int = Field(1024, ge=1, description="images per batch request (413)")
+    max_image_pixels: int = Field(40_000_000, ge=784, description="decoded image size limit (413)")
+    api_key: SecretStr | None = Field(None, description="if set, predict/infer routes need Bearer <key>")
+    cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated; empty: CORS off")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
+    workers: int = Field(default_factory=lambda: cores(), ge=1, description="worker processes")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per worker; 0: cores // workers")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
