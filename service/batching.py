@@ -87,6 +87,8 @@ class Batcher:
     async def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for `x` [k, *item_shape]; inputs above max_batch_size run as several batches."""
         k = len(x)
+        if not k:
+            raise ApiError(422, "no images to predict", "empty_batch")
         if self._queued + k > self.max_queue:
             raise ApiError(
                 503,

@@ -150,6 +150,15 @@ def test_concurrent_requests_are_merged_and_results_do_not_depend_on_the_batch(
         assert np.array_equal(got["probabilities"], expected)
 
 
+def test_an_empty_input_is_refused(counting: CountingRuntime) -> None:
+    async def body(b: Batcher):
+        return await b.predict(images(0))
+
+    with pytest.raises(ApiError, match="no images"):
+        asyncio.run(with_batcher(counting, body))
+    assert counting.sizes == []
+
+
 def test_large_inputs_run_in_chunks_of_max_batch_size(counting: CountingRuntime) -> None:
     x = images(19)
 
