@@ -96,6 +96,8 @@ class ModelRuntime:
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         self.providers: list[str] = self.session.get_providers()
         check_active(providers, self.providers)
+        if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
+            log.warning("this onnxruntime build offers CUDA but it did not load (see above); running on CPU")
 
         self.path = path
         self.inputs = [TensorSpec.from_node(node) for node in self.session.get_inputs()]
