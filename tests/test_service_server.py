@@ -37,6 +37,14 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def wait_for_warm_workers(log: Path, workers: int, timeout: float = 60) -> None:
+    """/readyz answered by one worker says nothing about the other: wait for every worker's warm-up line."""
+    deadline = time.monotonic() + timeout
+    while log.read_text().count("warmed up batch sizes") < workers:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
 async def burst(url: str, n: int, path: str = "/predict") -> list[httpx.Response]:
     """n concurrent single-image JSON requests over n connections."""
     limits = httpx.Limits(max_connections=n)
@@ -52,6 +60,7 @@ def test_two_workers_batch_concurrent_requests_and_share_metrics(
     (metrics_dir / "counter_99999.db").write_bytes(b"left over from an earlier run")
     env = {**model_env, "MNIST_MAX_BATCH_WAIT_MS": "20", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with server_factory(workers=2, env=env) as server:
+        wait_for_warm_workers(server.log, 2)
         responses = asyncio.run(burst(server.url, 64))
         assert [r.status_code for r in responses] == [200] * 64
         singles = [httpx.post(f"{server.url}/predict", json={"pixels": p}).json() for p in PIXELS[:8]]
