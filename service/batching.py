@@ -145,6 +145,9 @@ class Batcher:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+            # Sampled as work arrives and as each batch leaves: cheaper than per request, and it shows
+            # what waits while a batch fills.
+            self._queue_depth.set(self._queued)
             if self.max_wait and self._queued < self.max_batch_size:
                 self._full.clear()
                 remaining = self._pending[0].enqueued + self.max_wait - time.perf_counter()
@@ -152,7 +155,7 @@ class Batcher:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._full.wait(), remaining)
             batch = self._take()
-            self._queue_depth.set(self._queued)  # sampled once per batch: cheaper than per request
+            self._queue_depth.set(self._queued)
             if not batch:
                 continue
             started = time.perf_counter()

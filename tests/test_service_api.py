@@ -266,6 +266,18 @@ def test_bad_batch_instances(client: TestClient) -> None:
     error(client.post("/predict/batch", files={"file": ("x.png", digit_png())}), 422, "'files'")
 
 
+def test_blank_pixels_are_no_digit(client: TestClient) -> None:
+    """All-background pixels get the same 422 as a blank image, not a confident guess."""
+    error(client.post("/predict", json={"pixels": [0] * 784}), 422, "no digit found")
+    instances = [PIXELS[0].tolist(), [0] * 784, PIXELS[1].tolist(), [[0] * 28] * 28]
+    error(client.post("/predict/batch", json={"instances": instances}), 422, "no digit", "[1, 3]")
+    raw = np.zeros((3, 784), np.uint8)
+    raw[1, 400] = 1
+    octet = {"content-type": "application/octet-stream"}
+    error(client.post("/predict/batch", content=raw.tobytes(), headers=octet), 422, "[0, 2]")
+    assert client.post("/predict/batch", content=raw[1:2].tobytes(), headers=octet).status_code == 200
+
+
 def test_media_types(client: TestClient) -> None:
     error(
         client.post("/predict", content=b"hello", headers={"content-type": "text/plain"}), 415, "text/plain"

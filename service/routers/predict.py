@@ -120,6 +120,10 @@ async def _images(files: list[bytes], max_pixels: int) -> np.ndarray:
 
 async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, Any]]:
     """Run uint8 images [n, h, w] through the batcher; one response object per image, in order."""
+    blank = np.flatnonzero(images.reshape(len(images), -1).max(axis=1) == 0)
+    if blank.size:  # an empty image has no answer; a confident guess at one would mislead
+        where = "the image" if len(images) == 1 else f"images {blank[:10].tolist()}"
+        raise ApiError(422, f"no digit found: every pixel of {where} is 0 (background)", "no_digit")
     runtime = batcher.runtime
     probabilities = (await batcher.predict(runtime.from_pixels(images)))[PROBABILITIES]
     model = {"name": runtime.name, "version": runtime.version}
