@@ -23,6 +23,7 @@ from tests.stack import COMPOSE_FILES, one_digit, query, wait_for
 
 pytestmark = pytest.mark.docker
 CI_SCRIPTS = ROOT / "docker" / "ci"
+SITE_PACKAGES = "/opt/venv/lib/python3.11/site-packages"  # the image's venv
 IMAGE = "mnist-serve:cpu"  # the tag docker-compose.cpu.yml runs, so compose uses the image built here
 
 
@@ -52,13 +53,18 @@ def engine() -> Iterator[dict[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)  # the data root: every image, layer and volume
 
 
+def build(env: dict[str, str], tag: str, *args: str) -> str:
+    """`docker build` the repository's Dockerfile; prints the time it took and the image size."""
+    started = time.monotonic()
+    run(["docker", "build", *args, "-t", tag, "."], env, timeout=1800)
+    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", tag], env, timeout=30))
+    print(f"\nbuilt {tag} in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
+    return tag
+
+
 @pytest.fixture(scope="module")
 def image(engine: dict[str, str]) -> str:
-    started = time.monotonic()
-    run(["docker", "build", "--build-arg", "VARIANT=cpu", "-t", IMAGE, "."], engine, timeout=900)
-    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE], engine, timeout=30))
-    print(f"\nbuilt {IMAGE} in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
-    return IMAGE
+    return build(engine, IMAGE, "--build-arg", "VARIANT=cpu")
 
 
 def start_container(env: dict[str, str], *options: str) -> tuple[str, str]:
@@ -86,23 +92,36 @@ def wait_healthy(env: dict[str, str], container: str, timeout: float = 120) -> N
     wait_for(healthy, timeout, "container healthy (its HEALTHCHECK on /readyz)")
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics as {(sample name, sorted labels): value}."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def serving_provider(url: str) -> str:
+    """The execution provider the service reports in mnist_model_info."""
+    (labels,) = [labels for name, labels in scrape(url) if name == "mnist_model_info"]
+    return dict(labels)["provider"]
+
+
 def test_image_serves_and_stops_gracefully(engine: dict[str, str], image: str) -> None:
-    container, url = start_container(engine)
+    """Run as docker/k8s/deployment.yaml does: read-only root, only /tmp writable, no capabilities."""
+    container, url = start_container(
+        engine, "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"
+    )
     try:
         wait_healthy(engine, container)
         response = httpx.post(f"{url}/predict", json={"pixels": one_digit()}, timeout=10)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["digit"] in range(10) and body["model"]["name"] == "lenet5"
-        samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
-            for sample in family.samples
-        }
         requests = (("method", "POST"), ("route", "/predict"), ("status", "200"))
-        assert samples[("mnist_request_duration_seconds_count", requests)] == 1
-        (info,) = [labels for name, labels in samples if name == "mnist_model_info"]
-        assert dict(info)["provider"] == "CPUExecutionProvider"  # the CPU image says what serves
+        assert scrape(url)[("mnist_request_duration_seconds_count", requests)] == 1
+        assert serving_provider(url) == "CPUExecutionProvider"  # the CPU image says what serves
 
         assert run(["docker", "exec", container, "id", "-u"], engine, 30) == "10001"
         # Serving only: no torch, no compilers.
@@ -157,3 +176,31 @@ def test_compose_up_api_and_prometheus(engine: dict[str, str], image: str) -> No
     finally:
         down = [*compose, "down", "--volumes", "--remove-orphans", "--timeout", "20"]
         run(down, env, timeout=120, check=False)
+
+
+@pytest.mark.skipif(os.environ.get("MNIST_TEST_GPU_IMAGE") != "1",
+                    reason="the GPU image is 2.8 GB and takes minutes: MNIST_TEST_GPU_IMAGE=1 builds it")
+def test_gpu_image_uses_cuda_where_it_can(engine: dict[str, str]) -> None:
+    """NVIDIA runtime: CUDA serves. None: CPU serves, and the CUDA provider lacks only the host's driver."""
+    run([str(CI_SCRIPTS / "wheelhouse.sh"), "gpu"], engine, timeout=1800)
+    gpu_image = build(engine, "mnist-serve:gpu")
+    has_gpu = "nvidia" in run(["docker", "info", "-f", "{{json .Runtimes}}"], engine, timeout=30)
+    port = free_port()
+    container = run(["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s",
+                     *(["--gpus", "all"] if has_gpu else []), gpu_image], engine, timeout=60)
+    try:
+        wait_healthy(engine, container)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{url}/predict", json={"pixels": one_digit()}, timeout=10).status_code == 200
+        if has_gpu:
+            assert serving_provider(url) == "CUDAExecutionProvider"
+        else:
+            assert serving_provider(url) == "CPUExecutionProvider"
+            assert "CUDAExecutionProvider" in container_logs(engine, container)  # the fallback is logged
+            library = f"{SITE_PACKAGES}/onnxruntime/capi/libonnxruntime_providers_cuda.so"
+            linked = run(["docker", "exec", container, "ldd", library], engine, timeout=30)
+            missing = [line.split()[0] for line in linked.splitlines() if "not found" in line]
+            assert missing == ["libcuda.so.1"]  # the host driver, mounted by the NVIDIA container toolkit
+    finally:
+        run(["docker", "rm", "-f", container], engine, timeout=60, check=False)
+        run(["docker", "rmi", gpu_image], engine, timeout=120, check=False)
