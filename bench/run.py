@@ -1,0 +1,184 @@
+"""The service benchmark: a real server, bounded load over loopback, one markdown table plus target checks.
+
+    MNIST_DATA_DIR=/work/shared/data/mnist python bench/run.py [--seconds 4]
+
+Starts `python -m service` (one worker, then two) on 127.0.0.1 and drives it with wrk (bench/loadgen.py)
+using real MNIST test digits: single JSON /predict, single PNG /predict (dark ink on light paper), and
+256-image batches to /predict/batch as JSON and as raw uint8. Beside them, in the same run, the two
+floors the targets are relative to: GET /healthz through the same stack and client (the HTTP floor) and
+onnxruntime in-process at batch 256 with a worker's thread count (the compute floor). The server keeps
+its defaults except MNIST_MAX_QUEUE=8192, so 32 concurrent 256-image batches queue instead of getting 503.
+About 80 s with the default --seconds 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import Load, Request, run  # noqa: E402
+from service.runtime import ModelRuntime  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from tests.liveserver import run_server  # noqa: E402
+from trainer.data import load_mnist  # noqa: E402
+
+BATCH = 256
+ENV = {"MNIST_MAX_QUEUE": str(32 * BATCH)}
+
+
+def requests(images: np.ndarray) -> dict[str, Request]:
+    """The workloads, from real test digits (uint8 [n, 28, 28], white ink on black)."""
+    png = io.BytesIO()
+    Image.fromarray(255 - images[0]).save(png, "PNG")  # as a scan would be: dark ink on light paper
+    batch = images[:BATCH]
+    return {
+        "floor": Request("/healthz"),
+        "json": Request("/predict", orjson.dumps({"pixels": images[0].tolist()}), "application/json"),
+        "png": Request("/predict", png.getvalue(), "image/png"),
+        "batch_json": Request(
+            "/predict/batch", orjson.dumps({"instances": batch.tolist()}), "application/json"
+        ),
+        "batch_raw": Request("/predict/batch", batch.tobytes(), "application/octet-stream"),
+    }
+
+
+def check(url: str, workloads: dict[str, Request], labels: np.ndarray) -> str:
+    """One request of each kind must succeed and be right before its speed means anything."""
+    accuracy = {}
+    for name, request in workloads.items():
+        if not request.body:
+            continue
+        response = httpx.post(
+            url + request.path, content=request.body, headers={"Content-Type": request.content_type}
+        )
+        response.raise_for_status()
+        body = response.json()
+        digits = [p["digit"] for p in body.get("predictions", [body])]
+        accuracy[name] = float(np.mean(np.array(digits) == labels[: len(digits)]))
+    return ", ".join(f"{name} {value:.3f}" for name, value in accuracy.items())
+
+
+def compute_floor(model_path: Path, threads: int, images: np.ndarray, seconds: float) -> float:
+    """Images/s of the shipped model in this process: onnxruntime alone at batch 256."""
+    runtime = ModelRuntime(model_path, "cpu", threads)
+    x = runtime.from_pixels(images[:BATCH])
+    for _ in range(5):
+        runtime.run(x)
+    runs = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        runtime.run(x)
+        runs += 1
+    return runs * BATCH / (time.perf_counter() - started)
+
+
+def measure(url: str, request: Request, seconds: int, levels: tuple[int, ...]) -> dict[int, Load]:
+    """A 1 s warm-up at c=32, then each concurrency level."""
+    run(url, request, concurrency=32, seconds=1)
+    return {c: run(url, request, concurrency=c, seconds=seconds) for c in levels}
+
+
+def cell(value: float, load: Load | None = None) -> str:
+    text = f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+    return f"{text} ({load.errors} errors)" if load is not None and load.errors else text
+
+
+def target(ok: bool, text: str) -> str:
+    return f"- {'PASS' if ok else 'FAIL'}: {text}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=4, help="per measurement (whole seconds)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    test = load_mnist().test
+    workloads = requests(test.images)
+    settings = Settings(workers=1)
+    one: dict[str, dict[int, Load]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with run_server(Path(tmp), workers=1, env=ENV) as server:
+            sanity = check(server.url, workloads, test.labels)
+            for name, request in workloads.items():
+                one[name] = measure(server.url, request, args.seconds, (1, 32))
+        compute = compute_floor(settings.model_path, settings.threads_per_worker, test.images, args.seconds)
+        with run_server(Path(tmp), workers=2, env=ENV) as server:
+            two = measure(server.url, workloads["json"], args.seconds, (32,))[32]
+    load_after = os.getloadavg()
+
+    rows: list[tuple[str, str, Callable[[Load], float]]] = [
+        ("HTTP floor: GET /healthz", "floor", lambda load: load.rate),
+        ("single JSON /predict", "json", lambda load: load.rate),
+        ("single PNG /predict (28x28 test digit, dark on light)", "png", lambda load: load.rate),
+        (f"batch of {BATCH}, JSON /predict/batch", "batch_json", lambda load: load.rate * BATCH),
+        (f"batch of {BATCH}, raw uint8 /predict/batch", "batch_raw", lambda load: load.rate * BATCH),
+    ]
+    print(
+        f"one worker x {settings.threads_per_worker} onnxruntime threads; wrk 1 thread; {args.seconds} s each"
+    )
+    print()
+    print("| workload (1 worker unless noted) | c=1 p50 ms | c=1 p99 ms | c=32 throughput | c=32 p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for label, name, per_second in rows:
+        c1, c32 = one[name][1], one[name][32]
+        unit = "images/s" if name.startswith("batch") else "req/s"
+        print(
+            f"| {label} | {c1.p50_ms:.2f} | {c1.p99_ms:.2f} | {cell(per_second(c32), c32)} {unit} "
+            f"| {c32.p99_ms:.1f} |"
+        )
+    print(
+        f"| compute floor: onnxruntime in-process, batch {BATCH}, {settings.threads_per_worker} threads "
+        f"| | | {cell(compute)} images/s | |"
+    )
+    print(f"| single JSON /predict, 2 workers | | | {cell(two.rate, two)} req/s | {two.p99_ms:.1f} |")
+    print()
+    floor, single, raw = one["floor"][32].rate, one["json"][32], one["batch_raw"][32].rate * BATCH
+    print("Targets:")
+    print(
+        target(
+            single.rate >= 0.6 * floor,
+            f"single JSON c=32 {single.rate:,.0f} req/s = {single.rate / floor:.2f} x HTTP floor "
+            f"{floor:,.0f} (>= 0.6)",
+        )
+    )
+    print(
+        target(
+            raw >= 0.5 * compute,
+            f"raw uint8 batch c=32 {raw:,.0f} images/s = {raw / compute:.2f} x compute floor "
+            f"{compute:,.0f} (>= 0.5)",
+        )
+    )
+    print(target(single.p99_ms <= 15, f"single JSON p99 at c=32 {single.p99_ms:.1f} ms (<= 15 ms)"))
+    print(
+        target(
+            two.rate >= 1.3 * single.rate,
+            f"2 workers {two.rate:,.0f} req/s = {two.rate / single.rate:.2f} x 1 worker, single JSON c=32 "
+            "(>= 1.3)",
+        )
+    )
+    print()
+    print(f"Answers checked first (accuracy): {sanity}")
+    print(
+        "Load average (1/5/15 min) before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}; {:.0f} s".format(
+            *load_before, *load_after, time.monotonic() - started
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
