@@ -26,10 +26,10 @@ LABEL org.opencontainers.image.title="mnist-serve" \
       org.opencontainers.image.description="LeNet-5 MNIST inference service (onnxruntime, ${VARIANT})"
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mnist
 COPY --from=build /opt/venv /opt/venv
-# The CUDA/cuDNN wheels' libraries (GPU variant) are found through LD_LIBRARY_PATH below; the driver
-# (libcuda) comes from the host through the NVIDIA container toolkit (compose `devices`, k8s nvidia.com/gpu).
 # The shipped model; mount another folder over it, or point MNIST_MODEL_PATH elsewhere.
 COPY models/ /opt/mnist/models/
+# The CUDA/cuDNN wheels' libraries (GPU variant) are found through LD_LIBRARY_PATH; the driver (libcuda)
+# comes from the host through the NVIDIA container toolkit (compose `devices`, k8s nvidia.com/gpu).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
