@@ -9,6 +9,8 @@ cd "$(dirname "$0")/../.."
 variant=${1:?usage: $0 cpu|gpu|train}
 dest=wheelhouse/$variant
 mkdir -p "$dest"
+# The lock alone decides versions: a machine-wide pip constraint (e.g. a torch cap) must not veto it.
+export PIP_CONSTRAINT=/dev/null
 # Debian bookworm and python:3.11-slim have glibc 2.36: every manylinux tag up to 2_36 runs there.
 platforms=(--platform manylinux2014_x86_64)
 for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
