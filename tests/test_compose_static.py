@@ -71,7 +71,10 @@ def compose_config(*args: str) -> dict:
     files = [arg for name in args for arg in ("-f", name)]
     result = subprocess.run(
         [str(compose_binary()), *files, "--profile", "train", "config", "--format", "json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin"},  # no MNIST_* or *_PORT of the caller leaks into the rendering
     )
     assert result.returncode == 0, result.stderr
@@ -83,8 +86,13 @@ def test_compose_config_is_valid() -> None:
     for files in ((COMPOSE_FILES[0],), COMPOSE_FILES):
         args = [arg for name in files for arg in ("-f", name)]
         for extra in ([], ["--profile", "train"]):
-            result = subprocess.run([str(compose_binary()), *args, *extra, "config", "-q"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [str(compose_binary()), *args, *extra, "config", "-q"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert result.returncode == 0, (files, extra, result.stderr)
 
 

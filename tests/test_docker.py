@@ -70,8 +70,11 @@ def image(engine: dict[str, str]) -> str:
 def start_container(env: dict[str, str], *options: str) -> tuple[str, str]:
     """`docker run -d` the image published on a free 127.0.0.1 port; (container id, base url)."""
     port = free_port()
-    container = run(["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s",
-                     *options, IMAGE], env, timeout=60)
+    container = run(
+        ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s", *options, IMAGE],
+        env,
+        timeout=60,
+    )
     return container, f"http://127.0.0.1:{port}"
 
 
@@ -83,8 +86,11 @@ def container_logs(env: dict[str, str], container: str) -> str:
 
 def wait_healthy(env: dict[str, str], container: str, timeout: float = 120) -> None:
     def healthy() -> bool:
-        state = run(["docker", "inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}", container],
-                    env, timeout=30)
+        state = run(
+            ["docker", "inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}", container],
+            env,
+            timeout=30,
+        )
         if state.startswith("exited"):
             raise AssertionError(f"container exited:\n{container_logs(env, container)}")
         return state == "running healthy"
@@ -157,11 +163,31 @@ def test_compose_up_api_and_prometheus(engine: dict[str, str], image: str) -> No
     """The repository's compose files (CPU override) with the stand-in images; Prometheus scrapes the api."""
     ports = {"MNIST_PORT": free_port(), "PROMETHEUS_PORT": free_port()}
     env = {**engine, **{name: str(port) for name, port in ports.items()}}
-    compose = ["docker", "compose", "-p", f"mnist-ci-{os.getpid()}",
-               *[arg for name in COMPOSE_FILES for arg in ("-f", name)]]
+    compose = [
+        "docker",
+        "compose",
+        "-p",
+        f"mnist-ci-{os.getpid()}",
+        *[arg for name in COMPOSE_FILES for arg in ("-f", name)],
+    ]
     try:
-        run([*compose, "up", "-d", "--no-build", "--pull", "never", "--wait", "--wait-timeout", "180",
-             "api", "prometheus"], env, timeout=240)
+        run(
+            [
+                *compose,
+                "up",
+                "-d",
+                "--no-build",
+                "--pull",
+                "never",
+                "--wait",
+                "--wait-timeout",
+                "180",
+                "api",
+                "prometheus",
+            ],
+            env,
+            timeout=240,
+        )
         api = f"http://127.0.0.1:{ports['MNIST_PORT']}"
         prometheus = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}"
         assert httpx.post(f"{api}/predict", json={"pixels": one_digit()}, timeout=10).status_code == 200
@@ -171,23 +197,41 @@ def test_compose_up_api_and_prometheus(engine: dict[str, str], image: str) -> No
             return [(t["labels"]["job"], t["health"]) for t in targets] == [("mnist-api", "up")]
 
         wait_for(api_target_up, 60, "Prometheus reports the api target up")
-        wait_for(lambda: query(prometheus, 'sum(mnist_predictions_total{job="mnist-api"})'), 60,
-                 "Prometheus holds the api's prediction counter")
+        wait_for(
+            lambda: query(prometheus, 'sum(mnist_predictions_total{job="mnist-api"})'),
+            60,
+            "Prometheus holds the api's prediction counter",
+        )
     finally:
         down = [*compose, "down", "--volumes", "--remove-orphans", "--timeout", "20"]
         run(down, env, timeout=120, check=False)
 
 
-@pytest.mark.skipif(os.environ.get("MNIST_TEST_GPU_IMAGE") != "1",
-                    reason="the GPU image is 2.8 GB and takes minutes: MNIST_TEST_GPU_IMAGE=1 builds it")
+@pytest.mark.skipif(
+    os.environ.get("MNIST_TEST_GPU_IMAGE") != "1",
+    reason="the GPU image is 2.8 GB and takes minutes: MNIST_TEST_GPU_IMAGE=1 builds it",
+)
 def test_gpu_image_uses_cuda_where_it_can(engine: dict[str, str]) -> None:
     """NVIDIA runtime: CUDA serves. None: CPU serves, and the CUDA provider lacks only the host's driver."""
     run([str(CI_SCRIPTS / "wheelhouse.sh"), "gpu"], engine, timeout=1800)
     gpu_image = build(engine, "mnist-serve:gpu")
     has_gpu = "nvidia" in run(["docker", "info", "-f", "{{json .Runtimes}}"], engine, timeout=30)
     port = free_port()
-    container = run(["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s",
-                     *(["--gpus", "all"] if has_gpu else []), gpu_image], engine, timeout=60)
+    container = run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "-p",
+            f"127.0.0.1:{port}:8000",
+            "--health-interval",
+            "2s",
+            *(["--gpus", "all"] if has_gpu else []),
+            gpu_image,
+        ],
+        engine,
+        timeout=60,
+    )
     try:
         wait_healthy(engine, container)
         url = f"http://127.0.0.1:{port}"

@@ -145,8 +145,11 @@ def test_graceful_termination(objects: dict[str, dict], container: dict) -> None
 def test_autoscaling_and_disruption_budget(objects: dict[str, dict]) -> None:
     hpa, pdb = objects["HorizontalPodAutoscaler"]["spec"], objects["PodDisruptionBudget"]["spec"]
     deployment = objects["Deployment"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": deployment["apiVersion"], "kind": "Deployment",
-                                     "name": deployment["metadata"]["name"]}
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["maxReplicas"]
     # The budget must leave a pod that may be evicted, or node drains block forever.
     assert pdb["minAvailable"] < hpa["minReplicas"]
@@ -155,4 +158,3 @@ def test_autoscaling_and_disruption_budget(objects: dict[str, dict]) -> None:
     # Utilization is relative to the request: the container must request CPU.
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert "cpu" in container["resources"]["requests"]
-

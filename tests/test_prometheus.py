@@ -45,9 +45,14 @@ def prometheus(service: LiveServer, tmp_path_factory: pytest.TempPathFactory) ->
     log = work / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -81,8 +86,11 @@ def test_prometheus_scrapes_the_traffic_sent(prometheus: str, service: LiveServe
     send_traffic(service.url, predictions=1)
     wait_for(lambda: scraped_value(prometheus, PREDICT_COUNT) == 1, 30, "first request scraped")
     send_traffic(service.url, predictions=PREDICTIONS)
-    wait_for(lambda: scraped_value(prometheus, PREDICT_COUNT) == 1 + PREDICTIONS, 30,
-             f"{1 + PREDICTIONS} requests scraped")
+    wait_for(
+        lambda: scraped_value(prometheus, PREDICT_COUNT) == 1 + PREDICTIONS,
+        30,
+        f"{1 + PREDICTIONS} requests scraped",
+    )
 
     (target,) = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
     assert target["health"] == "up" and target["labels"]["job"] == "mnist-api"
