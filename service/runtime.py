@@ -88,10 +88,12 @@ class ModelRuntime:
         options.inter_op_num_threads = 1
         # Spinning intra-op threads would steal the cores the HTTP event loops need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        requested = requested_providers(providers, ort.get_available_providers())
+        if requested[0] != CPU and hasattr(ort, "preload_dlls"):
+            # CUDA and cuDNN from the nvidia-* wheels (the `cuda` extra) are not on the loader's path.
+            ort.preload_dlls()
         try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=requested_providers(providers, ort.get_available_providers())
-            )
+            self.session = ort.InferenceSession(str(path), options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         self.providers: list[str] = self.session.get_providers()
