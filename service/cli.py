@@ -6,12 +6,14 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
@@ -36,6 +38,31 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         sys.exit(f"mnist-serve: invalid settings (MNIST_* environment): {exc}")
+
+
+class _WorkerListener(socket.socket):
+    """The listening address; every worker process uvicorn (re)starts binds its own copy with SO_REUSEPORT.
+
+    With one shared listening socket, whichever worker is awake accepts a whole burst of connections
+    (libuv accepts until the queue is empty): 32 keep-alive clients all landed on one of two workers, and
+    the other idled. One socket per worker lets the kernel spread connections by address hash. uvicorn
+    hands each worker a pickled copy of its sockets; unpickling this one binds a fresh socket.
+    """
+
+    def __reduce__(self) -> tuple:
+        return _bind, self.getsockname()[:2]
+
+
+def _bind(host: str, port: int, *, exclusive: bool = False) -> _WorkerListener:
+    """A socket on host:port in the SO_REUSEPORT group. `exclusive` binds before joining, so it fails if
+    anything (even an older copy of this server) already listens there."""
+    sock = _WorkerListener(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not exclusive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 def _environment_help() -> str:
@@ -83,16 +110,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    config = uvicorn.Config(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        access_log=False,
+    )
     try:
-        uvicorn.run(
-            "service.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=settings.log_level,
-            access_log=False,
-        )
+        if args.workers == 1:
+            uvicorn.Server(config).run()
+        else:
+            try:
+                listener = _bind(args.host, args.port, exclusive=True)
+            except OSError as exc:
+                sys.exit(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
+            Multiprocess(config, sockets=[listener]).run()
+    except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run
+        pass
     finally:
         if owned:
             shutil.rmtree(path, ignore_errors=True)
