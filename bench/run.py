@@ -40,7 +40,7 @@ BATCH = 256
 ENV = {"MNIST_MAX_QUEUE": str(32 * BATCH)}
 
 
-def requests(images: np.ndarray) -> dict[str, Request]:
+def workloads(images: np.ndarray) -> dict[str, Request]:
     """The workloads, from real test digits (uint8 [n, 28, 28], white ink on black)."""
     png = io.BytesIO()
     Image.fromarray(255 - images[0]).save(png, "PNG")  # as a scan would be: dark ink on light paper
@@ -56,10 +56,10 @@ def requests(images: np.ndarray) -> dict[str, Request]:
     }
 
 
-def check(url: str, workloads: dict[str, Request], labels: np.ndarray) -> str:
+def check(url: str, requests: dict[str, Request], labels: np.ndarray) -> str:
     """One request of each kind must succeed and be right before its speed means anything."""
     accuracy = {}
-    for name, request in workloads.items():
+    for name, request in requests.items():
         if not request.body:
             continue
         response = httpx.post(
@@ -108,17 +108,17 @@ def main() -> None:
     started = time.monotonic()
     load_before = os.getloadavg()
     test = load_mnist().test
-    workloads = requests(test.images)
+    requests = workloads(test.images)
     settings = Settings(workers=1)
     one: dict[str, dict[int, Load]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         with run_server(Path(tmp), workers=1, env=ENV) as server:
-            sanity = check(server.url, workloads, test.labels)
-            for name, request in workloads.items():
+            sanity = check(server.url, requests, test.labels)
+            for name, request in requests.items():
                 one[name] = measure(server.url, request, args.seconds, (1, 32))
         compute = compute_floor(settings.model_path, settings.threads_per_worker, test.images, args.seconds)
         with run_server(Path(tmp), workers=2, env=ENV) as server:
-            two = measure(server.url, workloads["json"], args.seconds, (32,))[32]
+            two = measure(server.url, requests["json"], args.seconds, (32,))[32]
     load_after = os.getloadavg()
 
     rows: list[tuple[str, str, Callable[[Load], float]]] = [
