@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.batching import Batcher
 from service.errors import ApiError
-from service.routers import health, predict, v2
+from service.routers import health, page, predict, v2
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -180,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    app.include_router(page.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
