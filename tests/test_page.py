@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -222,6 +222,24 @@ def test_uploaded_photo_is_recognised(page: Page, mnist_dir: Path, tmp_path: Pat
         assert page.inner_text("#digit") == str(label)
         assert sum(shown_probabilities(page)) == pytest.approx(1.0, abs=1e-3)
         assert seen_has_ink(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "drawing-page-upload.png", full_page=True)
+
+
+def test_api_key_field(browser: Browser, server_factory: Callable[..., object]) -> None:
+    with (
+        server_factory(env={"MNIST_API_KEY": "page-test-key"}) as server,
+        open_page(browser, server, viewport={"width": 1000, "height": 800}) as page,
+    ):
+        draw(page, DIGITS[1])
+        settle(page)
+        assert "API key" in page.inner_text("#error")
+        page.click("text=API key")
+        page.get_by_label("Bearer token").fill("page-test-key")
+        page.click("#predict")
+        settle(page)
+        assert page.inner_text("#error") == ""
+        assert page.inner_text("#digit") == "1"
 
 
 def test_model_name_and_version_are_shown(page: Page, live_server: LiveServer) -> None:
