@@ -44,6 +44,10 @@ DIGITS: dict[int, list[list[tuple[float, float]]]] = {
 }
 
 
+def shrunk(strokes: list[list[tuple[float, float]]], scale: float, left: float, top: float) -> list:
+    return [[(left + scale * x, top + scale * y) for x, y in stroke] for stroke in strokes]
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     chromium = require_program("chromium")
@@ -143,6 +147,13 @@ def test_drawn_digit_is_recognised(page: Page, digit: int) -> None:
     if digit == 7:
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "drawing-page.png", full_page=True)
+
+
+def test_small_digit_in_a_corner_is_recognised(page: Page) -> None:
+    """The server's preprocessing finds, crops and centres the ink, as MNIST digits are centred."""
+    draw(page, shrunk(DIGITS[7], 0.3, 0.65, 0.02))
+    settle(page)
+    assert page.inner_text("#digit") == "7"
 
 
 def test_clear_resets_pad_and_result(page: Page) -> None:
