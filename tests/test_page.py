@@ -149,6 +149,17 @@ def test_drawn_digit_is_recognised(page: Page, digit: int) -> None:
         page.screenshot(path=ARTIFACTS / "drawing-page.png", full_page=True)
 
 
+def test_prediction_updates_while_the_pen_is_down(page: Page) -> None:
+    stroke = DIGITS[1][0]
+    page.mouse.move(*pad_point(page, *stroke[0]))
+    page.mouse.down()
+    page.mouse.move(*pad_point(page, *stroke[-1]), steps=10)
+    page.wait_for_function("document.getElementById('digit').textContent === '1'")  # before the release
+    page.mouse.up()
+    settle(page)
+    assert page.inner_text("#digit") == "1"
+
+
 def test_small_digit_in_a_corner_is_recognised(page: Page) -> None:
     """The server's preprocessing finds, crops and centres the ink, as MNIST digits are centred."""
     draw(page, shrunk(DIGITS[7], 0.3, 0.65, 0.02))
