@@ -31,8 +31,9 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ApiError(415, "unsupported image format: send PNG, JPEG, BMP, GIF, WebP or TIFF",
-                       "unsupported_media_type") from None
+        raise ApiError(
+            415, "unsupported image format: send PNG, JPEG, BMP, GIF, WebP or TIFF", "unsupported_media_type"
+        ) from None
     except Image.DecompressionBombError:
         raise _too_large(max_pixels) from None
     except Exception:  # any failure parsing untrusted bytes is the client's corrupt image, never a 500
@@ -71,9 +72,20 @@ def _flatten(image: Image.Image) -> Image.Image:
         return Image.fromarray(scaled.astype(np.uint8))
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _backdrop(rgba)), rgba).convert("RGB")
     return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
+def _backdrop(rgba: Image.Image) -> tuple[int, int, int, int]:
+    """White paper; black only for light strokes on a mostly transparent canvas, which white would erase."""
+    pixels = np.asarray(rgba, dtype=np.float32)
+    alpha = pixels[..., 3] / 255
+    coverage = float(alpha.mean())
+    if coverage == 0 or coverage > 0.5:
+        return (255, 255, 255, 255)
+    luma = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    light = float((luma * alpha).sum() / alpha.sum()) > 160
+    return (0, 0, 0, 255) if light else (255, 255, 255, 255)
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
@@ -112,7 +124,8 @@ def _ink(paper: np.ndarray) -> np.ndarray:
     neighbours = _max3(level)
     level = np.where(level < 0.6 * neighbours, neighbours, level)  # under a thick stroke: paper next door
     background = Image.fromarray(level.astype(np.float32), mode="F").resize(
-        (grid_w * block, grid_h * block), Image.Resampling.BILINEAR)
+        (grid_w * block, grid_h * block), Image.Resampling.BILINEAR
+    )
     background = np.asarray(background, dtype=np.float32)[:height, :width]
     background = np.maximum(background, 0.15 * max(float(level.max()), 1.0))
     return np.clip(1.0 - paper / background, 0.0, 1.0)
@@ -122,7 +135,7 @@ def _max3(values: np.ndarray) -> np.ndarray:
     """3x3 maximum filter (edges replicated)."""
     padded = np.pad(values, 1, mode="edge")
     h, w = values.shape
-    return np.max([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+    return np.max([padded[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -150,17 +163,21 @@ def _clean(ink: np.ndarray) -> np.ndarray:
     return _digit_components(mask)
 
 
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Horizontal runs of ink: row, start column and end column (exclusive) of each, in row-major order."""
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=bool)
+    padded[:, 1:-1] = mask
+    edges = np.flatnonzero(padded[:, 1:] != padded[:, :-1])  # alternating starts and ends
+    rows, starts = np.divmod(edges[0::2], width + 1)
+    return rows, starts, edges[1::2] - rows * (width + 1)
+
+
 def _run_lengths(mask: np.ndarray) -> np.ndarray:
     """For every ink pixel, the length of the horizontal run of ink it belongs to."""
-    height, width = mask.shape
-    padded = np.zeros((height, width + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    steps = np.diff(padded, axis=1)
-    starts = np.flatnonzero(steps == 1)
-    ends = np.flatnonzero(steps == -1)
-    lengths = ends - starts
+    _, starts, ends = _runs(mask)
     out = np.zeros(mask.shape, dtype=np.int32)
-    out[mask] = np.repeat(lengths, lengths)
+    out[mask] = np.repeat(ends - starts, ends - starts)
     return out
 
 
@@ -170,19 +187,14 @@ def _paper_lines(mask: np.ndarray) -> np.ndarray:
     long_run = max(24, side // 10)  # longer than a small image's digit; a line tilted 2 degrees qualifies
     thin = max(2, round(0.008 * side))
     horizontal = _run_lengths(mask)
-    vertical = _run_lengths(mask.T).T
+    vertical = _run_lengths(np.ascontiguousarray(mask.T)).T
     return ((horizontal >= long_run) & (vertical <= thin)) | ((vertical >= long_run) & (horizontal <= thin))
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """8-connected components via horizontal runs: (label per ink pixel in row-major order, run lengths)."""
-    height, width = mask.shape
-    padded = np.zeros((height, width + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    steps = np.diff(padded, axis=1)
-    rows, starts = np.nonzero(steps == 1)
-    _, ends = np.nonzero(steps == -1)  # exclusive
-    key = width + 2
+    rows, starts, ends = _runs(mask)
+    key = mask.shape[1] + 2
     start_keys = rows * key + starts
     end_keys = rows * key + ends
     # runs in the next row touching run i (8-connected) form a contiguous range [first, last)
@@ -242,7 +254,7 @@ def _crop(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     grey = np.where(halo, np.clip((ink - floor) / max(level - floor, 1e-6), 0.0, 1.0), 0.0)
     rows = np.flatnonzero(grey.any(axis=1))
     cols = np.flatnonzero(grey.any(axis=0))
-    return grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def _center(digit: np.ndarray) -> np.ndarray:
@@ -260,5 +272,5 @@ def _center(digit: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(FIELD / 2 - cy), 0, FIELD - digit.shape[0]))
     left = int(np.clip(round(FIELD / 2 - cx), 0, FIELD - digit.shape[1]))
     field = np.zeros((FIELD, FIELD), dtype=np.float32)
-    field[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return np.round(field * 255).astype(np.uint8)

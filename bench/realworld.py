@@ -1,0 +1,88 @@
+"""Accuracy on realistic images (photos, scans, canvas exports, fonts) vs MNIST test: same model and pipeline.
+
+    MNIST_DATA_DIR=... python bench/realworld.py [--per-kind 300] [--model models/lenet5.onnx]
+
+Every image goes the service's way: file bytes -> service.preprocess.load_image -> to_mnist -> the ONNX model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.errors import ApiError  # noqa: E402
+from service.preprocess import load_image, to_mnist  # noqa: E402
+from tests.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
+
+MAX_PIXELS = 40_000_000
+
+
+def predict(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    """Digits for uint8 [n, 28, 28] MNIST-convention images."""
+    x = (images.astype(np.float32) / 255)[:, None]
+    return np.concatenate([session.run(["probabilities"], {"image": x[i:i + 512]})[0].argmax(1)
+                           for i in range(0, len(x), 512)])
+
+
+def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Preprocessed images, a mask of those that yielded a digit, and mean ms per file."""
+    out = np.zeros((len(files), 28, 28), dtype=np.uint8)
+    ok = np.zeros(len(files), dtype=bool)
+    start = time.perf_counter()
+    for i, data in enumerate(files):
+        try:
+            out[i] = to_mnist(load_image(data, MAX_PIXELS))
+            ok[i] = True
+        except ApiError:
+            pass
+    return out, ok, (time.perf_counter() - start) * 1000 / max(1, len(files))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "lenet5.onnx")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
+    parser.add_argument("--per-kind", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    images, labels = mnist_test(args.data)
+    rows = []
+    raw = float((predict(session, images) == labels).mean())
+    rows.append(("MNIST test, raw pixels", len(images), raw, 1.0, 0.0))
+    files = [encode(Image.fromarray(image), "PNG") for image in images]
+    done, ok, ms = through_pipeline(files)
+    baseline = float((predict(session, done) == labels)[ok].sum() / len(labels))
+    rows.append(("MNIST test, PNG through pipeline", len(images), baseline, float(ok.mean()), ms))
+    for kind in KINDS:
+        pairs = list(generate(kind, images, labels, args.per_kind, args.seed))
+        done, ok, ms = through_pipeline([data for data, _ in pairs])
+        truth = np.array([label for _, label in pairs])
+        accuracy = float(((predict(session, done) == truth) & ok).mean())
+        rows.append((kind, len(pairs), accuracy, float(ok.mean()), ms))
+
+    print(f"model {args.model.name}; {args.per_kind} images per kind (seed {args.seed}); "
+          "a file with no digit found counts as wrong")
+    print(f"| {'images':32} | {'n':>5} | {'accuracy':>8} | {'vs pipeline MNIST':>17} | {'digit found':>11} "
+          f"| {'ms/image':>8} |")
+    print(f"|{'-' * 34}|{'-' * 7}:|{'-' * 9}:|{'-' * 18}:|{'-' * 12}:|{'-' * 9}:|")
+    for name, n, accuracy, found, ms in rows:
+        delta = 100 * (accuracy - baseline)
+        print(f"| {name:32} | {n:5} | {100 * accuracy:7.2f}% | {delta:+16.2f}pt | {100 * found:10.1f}% "
+              f"| {ms:8.1f} |")
+
+
+if __name__ == "__main__":
+    main()
