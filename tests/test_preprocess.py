@@ -1,0 +1,173 @@
+"""Image decoding and MNIST normalization on realistic images of every kind, hostile files and blank pages."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from service.errors import ApiError
+from service.preprocess import load_image, to_mnist
+from tests.realistic import KINDS, encode, finish, generate, mnist_test, paper, specks
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_PIXELS = 40_000_000
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    return mnist_test(mnist_dir)
+
+
+def process(data: bytes) -> np.ndarray:
+    return to_mnist(load_image(data, MAX_PIXELS))
+
+
+def assert_mnist_like(digit: np.ndarray) -> None:
+    """White ink on black, longest side ~20 px, centre of mass near (14, 14)."""
+    assert digit.dtype == np.uint8 and digit.shape == (28, 28)
+    rows = np.flatnonzero(digit.max(axis=1) > 0)
+    cols = np.flatnonzero(digit.max(axis=0) > 0)
+    assert 18 <= max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 21
+    assert digit[[0, -1]].max() == 0 and digit[:, [0, -1]].max() == 0  # black border: right polarity
+    assert digit.max() >= 240  # stroke cores saturate, like MNIST
+    ys, xs = np.indices(digit.shape)
+    total = digit.sum(dtype=np.float64)
+    assert abs((ys * digit).sum() / total - 14) <= 1.0
+    assert abs((xs * digit).sum() / total - 14) <= 1.0
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_gives_an_mnist_like_digit(kind: str, mnist: tuple[np.ndarray, np.ndarray]) -> None:
+    for data, _ in generate(kind, *mnist, count=5, seed=1):
+        assert_mnist_like(process(data))
+
+
+def test_mnist_digits_pass_through_nearly_unchanged(mnist: tuple[np.ndarray, np.ndarray]) -> None:
+    images = mnist[0][:300]
+    out = np.stack([process(encode(Image.fromarray(image), "PNG")) for image in images])
+    change = np.abs(out.astype(np.int32) - images).sum(axis=(1, 2)) / images.sum(axis=(1, 2))
+    assert np.median(change) < 0.05
+    assert (change < 0.25).mean() > 0.95
+
+
+def test_accuracy_on_realistic_images_is_close_to_mnist(mnist: tuple[np.ndarray, np.ndarray]) -> None:
+    """300 images, 20 of each kind; measured ~99% (MNIST test through the same path: 99.5%)."""
+    model = ROOT / "models" / "lenet5.onnx"
+    if not model.exists():
+        pytest.skip("no trained model at models/lenet5.onnx")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    pairs = [pair for kind in KINDS for pair in generate(kind, *mnist, count=20, seed=2)]
+    x = np.stack([process(data) for data, _ in pairs]).astype(np.float32)[:, None] / 255
+    predicted = session.run(["probabilities"], {"image": x})[0].argmax(axis=1)
+    assert (predicted == np.array([label for _, label in pairs])).mean() >= 0.96
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("L", (300, 200), 235),
+    Image.new("RGB", (64, 64), (0, 0, 0)),
+    Image.new("RGB", (1, 1), (255, 255, 255)),
+    Image.fromarray(np.full((28, 28), 0, np.uint8)),
+], ids=["paper", "black", "one-pixel", "empty-mnist"])
+def test_blank_images_have_no_digit(image: Image.Image) -> None:
+    with pytest.raises(ApiError) as error:
+        to_mnist(image)
+    assert (error.value.status, error.value.reason) == (422, "no_digit")
+    assert error.value.message == "no digit found"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_noise_and_specks_alone_have_no_digit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    canvas = paper(rng, (600, 450))
+    specks(rng, canvas, 60)
+    for image in (finish(rng, canvas, 8), finish(rng, paper(rng, (600, 450)), 12)):
+        with pytest.raises(ApiError) as error:
+            process(encode(image, "JPEG", quality=80))
+        assert error.value.reason == "no_digit"
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    big = encode(Image.new("L", (2000, 1000)), "PNG")
+    with pytest.raises(ApiError) as error:
+        load_image(big, max_pixels=1_000_000)
+    assert (error.value.status, error.value.reason) == (413, "image_too_large")
+    # a 10-gigapixel PNG claimed by a tiny file: refused without decoding anything
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000)))
+    with pytest.raises(ApiError) as error:
+        load_image(bomb + chunk(b"IEND", b""), max_pixels=MAX_PIXELS)
+    assert error.value.status == 413
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"", 415),
+    (b"definitely not an image", 415),
+    (b"%PDF-1.7\n", 415),
+    (encode(Image.new("RGB", (32, 32)), "ICO"), 415),
+    (encode(Image.new("RGB", (300, 300), (200, 10, 10)), "PNG")[:120], 422),
+    (encode(Image.new("RGB", (300, 300), (200, 10, 10)), "JPEG")[:400], 422),
+], ids=["empty", "text", "pdf", "ico", "truncated-png", "truncated-jpeg"])
+def test_undecodable_bytes_are_refused_clearly(data: bytes, status: int) -> None:
+    with pytest.raises(ApiError) as error:
+        load_image(data, MAX_PIXELS)
+    assert error.value.status == status and error.value.message
+
+
+def test_exif_orientation_is_honoured(mnist: tuple[np.ndarray, np.ndarray]) -> None:
+    digit = mnist[0][0]  # a 7: not symmetric under any rotation
+    upright = Image.fromarray(255 - np.kron(digit, np.ones((10, 10), np.uint8))).convert("RGB")
+    expected = to_mnist(upright)
+    for orientation, turn in [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+                              (8, Image.Transpose.ROTATE_270)]:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        stored = encode(upright.transpose(turn), "JPEG", quality=95, exif=exif.tobytes())
+        loaded = load_image(stored, MAX_PIXELS)
+        assert loaded.size == upright.size
+        assert np.abs(to_mnist(loaded).astype(int) - expected).mean() < 8
+
+
+def test_transparent_canvas_is_composited_onto_white() -> None:
+    rgba = np.zeros((100, 100, 4), np.uint8)  # black RGB under alpha 0, as canvas.toDataURL() exports
+    rgba[20:80, 45:55, 3] = 255  # a black "1"
+    image = load_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), MAX_PIXELS)
+    pixels = np.asarray(image.convert("L"))
+    assert pixels[0, 0] == 255 and pixels[50, 50] == 0
+    digit = to_mnist(image)
+    assert digit[14, 14] == 255 and digit[0, 0] == 0
+
+
+def test_light_strokes_on_a_transparent_canvas_stay_visible() -> None:
+    rgba = np.zeros((100, 100, 4), np.uint8)
+    rgba[20:80, 45:55] = 255  # white stroke, opaque
+    assert to_mnist(load_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), MAX_PIXELS))[14, 14] == 255
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    first = Image.new("L", (100, 100), 255)
+    first.paste(0, (45, 20, 55, 80))  # a vertical bar
+    second = Image.new("L", (100, 100), 255)
+    second.paste(0, (20, 45, 80, 55))  # a horizontal bar
+    out = io.BytesIO()
+    first.save(out, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    digit = process(out.getvalue())
+    rows = np.flatnonzero(digit.max(axis=1))
+    cols = np.flatnonzero(digit.max(axis=0))
+    assert rows[-1] - rows[0] > cols[-1] - cols[0]  # tall: the first frame
+
+
+def test_grey_16_bit_tiff_is_read() -> None:
+    pixels = np.full((120, 90), 60000, np.uint16)
+    pixels[20:100, 40:50] = 3000
+    data = encode(Image.fromarray(pixels), "TIFF")
+    assert to_mnist(load_image(data, MAX_PIXELS))[14, 14] == 255
