@@ -65,11 +65,16 @@ def test_bad_idx_file_gives_a_clear_error(tmp_path: Path, payload: bytes, messag
     assert message in str(error.value)
 
 
-def test_truncated_gzip_stream_gives_a_clear_error(tmp_path: Path, mnist_dir: Path) -> None:
-    whole = (mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()
+@pytest.mark.parametrize("damage", ["truncate", "scramble"])
+def test_damaged_gzip_stream_gives_a_clear_error(tmp_path: Path, mnist_dir: Path, damage: str) -> None:
+    whole = bytearray((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         (tmp_path / f"{stem}.gz").symlink_to(mnist_dir / f"{stem}.gz")
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(whole[: len(whole) // 2])
+    if damage == "truncate":
+        whole = whole[: len(whole) // 2]
+    else:
+        whole[100:200] = bytes(range(100))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(whole))
     with pytest.raises(MnistError, match=r"t10k-labels-idx1-ubyte\.gz: cannot read"):
         load_mnist(tmp_path, mirrors=UNREACHABLE)
 

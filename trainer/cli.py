@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          limit=args.limit)
+    device = pick_device(args.device)
     try:
         data = load_mnist(args.data_dir)
     except MnistError as error:
         print(f"mnist-train: {error}", file=sys.stderr)
         return 2
-    device = pick_device(args.device)
     out: Path = args.out
     load_before = os.getloadavg()
     print(f"training on {device} ({torch.get_num_threads()} threads), {len(data.train.labels[:args.limit])} "

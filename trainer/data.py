@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
-import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
         raise MnistError(f"{path}: cannot read ({error}); delete it to download a fresh copy") from error
 
 
@@ -97,7 +98,6 @@ def _find(data_dir: Path, stem: str) -> Path | None:
 
 def download(data_dir: Path, stem: str, mirrors: tuple[str, ...] = MIRRORS, timeout: float = 30.0) -> Path:
     """Fetch `<stem>.gz` from the first mirror that answers and keep it only if its SHA-256 verifies."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     target = data_dir / f"{stem}.gz"
     failures = []
     for mirror in mirrors:
@@ -106,12 +106,13 @@ def download(data_dir: Path, stem: str, mirrors: tuple[str, ...] = MIRRORS, time
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 payload = response.read()
             digest = hashlib.sha256(gzip.decompress(payload)).hexdigest()
-        except (urllib.error.URLError, OSError, EOFError, gzip.BadGzipFile) as error:
+        except (OSError, http.client.HTTPException, ValueError, EOFError, zlib.error) as error:
             failures.append(f"{url}: {getattr(error, 'reason', error)}")
             continue
         if digest != FILES[stem]:
             failures.append(f"{url}: SHA-256 {digest} does not match the expected {FILES[stem]}")
             continue
+        data_dir.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".gz.part")
         partial.write_bytes(payload)
         partial.replace(target)

@@ -40,14 +40,15 @@ def per_class(matrix: np.ndarray) -> dict[str, dict[str, float]]:
 def plot_training(history: History, path: Path) -> None:
     epochs = [row["epoch"] for row in history.epochs]
     figure = Figure(figsize=(10, 4))
-    loss, accuracy = figure.subplots(1, 2)
-    for split in ("train", "val"):
-        loss.plot(epochs, [row[f"{split}_loss"] for row in history.epochs], marker="o", label=split)
-        accuracy.plot(epochs, [row[f"{split}_accuracy"] for row in history.epochs], marker="o", label=split)
-    accuracy.axvline(history.best_epoch, color="grey", linestyle="--", label="best (validation)")
-    loss.set(title="cross-entropy", xlabel="epoch")
-    accuracy.set(title="accuracy", xlabel="epoch")
-    for axis in (loss, accuracy):
+    loss, error = figure.subplots(1, 2)
+    for split, name in (("train", "train (augmented, dropout)"), ("val", "validation (weight EMA)")):
+        loss.plot(epochs, [row[f"{split}_loss"] for row in history.epochs], marker="o", label=name)
+        error.plot(epochs, [100 * (1 - row[f"{split}_accuracy"]) for row in history.epochs], marker="o",
+                   label=name)
+    error.axvline(history.best_epoch, color="grey", linestyle="--", label="best on validation")
+    loss.set(title="cross-entropy", xlabel="epoch", yscale="log")
+    error.set(title="error rate (%)", xlabel="epoch", yscale="log")
+    for axis in (loss, error):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
