@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,14 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import Request, run  # noqa: E402
+from bench.loadgen import Request, cpu_seconds, run  # noqa: E402
 from tests.liveserver import run_server  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process so far (Linux /proc); robust to other load on the machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

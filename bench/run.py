@@ -8,7 +8,8 @@ using real MNIST test digits: single JSON /predict, single PNG /predict (dark in
 floors the targets are relative to: GET /healthz through the same stack and client (the HTTP floor) and
 onnxruntime in-process at batch 256 with a worker's thread count (the compute floor). The server keeps
 its defaults except MNIST_MAX_QUEUE=8192, so 32 concurrent 256-image batches queue instead of getting 503.
-About 80 s with the default --seconds 4.
+The last column, server CPU time (every thread and worker process) per request at c=32, is a cost that
+other load on the machine disturbs far less than throughput. About 75 s with the default --seconds 4.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,13 +32,21 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import Load, Request, run  # noqa: E402
+from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.liveserver import run_server  # noqa: E402
+from tests.liveserver import LiveServer, run_server  # noqa: E402
 from trainer.data import load_mnist  # noqa: E402
 
 BATCH = 256
+
+
+@dataclass(frozen=True)
+class Measured:
+    loads: dict[int, Load]  # by concurrency
+    cpu_us: float  # server CPU (all worker processes) per request at the highest concurrency
+
+
 ENV = {"MNIST_MAX_QUEUE": str(32 * BATCH)}
 
 
@@ -72,24 +82,29 @@ def check(url: str, requests: dict[str, Request], labels: np.ndarray) -> str:
     return ", ".join(f"{name} {value:.3f}" for name, value in accuracy.items())
 
 
-def compute_floor(model_path: Path, threads: int, images: np.ndarray, seconds: float) -> float:
-    """Images/s of the shipped model in this process: onnxruntime alone at batch 256."""
+def compute_floor(model_path: Path, threads: int, images: np.ndarray, seconds: float) -> tuple[float, float]:
+    """Images/s and CPU us per image of the shipped model in this process: onnxruntime alone at batch 256."""
     runtime = ModelRuntime(model_path, "cpu", threads)
     x = runtime.from_pixels(images[:BATCH])
     for _ in range(5):
         runtime.run(x)
     runs = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         runtime.run(x)
         runs += 1
-    return runs * BATCH / (time.perf_counter() - started)
+    images = runs * BATCH
+    return images / (time.perf_counter() - started), (time.process_time() - cpu) / images * 1e6
 
 
-def measure(url: str, request: Request, seconds: int, levels: tuple[int, ...]) -> dict[int, Load]:
-    """A 1 s warm-up at c=32, then each concurrency level."""
-    run(url, request, concurrency=32, seconds=1)
-    return {c: run(url, request, concurrency=c, seconds=seconds) for c in levels}
+def measure(server: LiveServer, request: Request, seconds: int, levels: tuple[int, ...]) -> Measured:
+    """A 1 s warm-up at c=32, then each concurrency level; server CPU per request at the last level."""
+    run(server.url, request, concurrency=32, seconds=1)
+    loads = {}
+    for c in levels:
+        cpu = cpu_seconds(server.process.pid)
+        loads[c] = run(server.url, request, concurrency=c, seconds=seconds)
+    return Measured(loads, (cpu_seconds(server.process.pid) - cpu) / loads[levels[-1]].requests * 1e6)
 
 
 def cell(value: float, load: Load | None = None) -> str:
@@ -110,15 +125,18 @@ def main() -> None:
     test = load_mnist().test
     requests = workloads(test.images)
     settings = Settings(workers=1)
-    one: dict[str, dict[int, Load]] = {}
+    one: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory() as tmp:
         with run_server(Path(tmp), workers=1, env=ENV) as server:
             sanity = check(server.url, requests, test.labels)
             for name, request in requests.items():
-                one[name] = measure(server.url, request, args.seconds, (1, 32))
-        compute = compute_floor(settings.model_path, settings.threads_per_worker, test.images, args.seconds)
+                one[name] = measure(server, request, args.seconds, (1, 32))
+        compute, compute_cpu = compute_floor(
+            settings.model_path, settings.threads_per_worker, test.images, args.seconds
+        )
         with run_server(Path(tmp), workers=2, env=ENV) as server:
-            two = measure(server.url, requests["json"], args.seconds, (32,))[32]
+            two_workers = measure(server, requests["json"], args.seconds, (32,))
+    two = two_workers.loads[32]
     load_after = os.getloadavg()
 
     rows: list[tuple[str, str, Callable[[Load], float]]] = [
@@ -132,22 +150,32 @@ def main() -> None:
         f"one worker x {settings.threads_per_worker} onnxruntime threads; wrk 1 thread; {args.seconds} s each"
     )
     print()
-    print("| workload (1 worker unless noted) | c=1 p50 ms | c=1 p99 ms | c=32 throughput | c=32 p99 ms |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| workload (1 worker unless noted) | c=1 p50 ms | c=1 p99 ms | c=32 throughput | c=32 p99 ms "
+        "| c=32 server CPU us per request (per image) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for label, name, per_second in rows:
-        c1, c32 = one[name][1], one[name][32]
+        c1, c32 = one[name].loads[1], one[name].loads[32]
         unit = "images/s" if name.startswith("batch") else "req/s"
+        cpu = f"{one[name].cpu_us:.0f}" + (
+            f" ({one[name].cpu_us / BATCH:.0f})" if name.startswith("batch") else ""
+        )
         print(
             f"| {label} | {c1.p50_ms:.2f} | {c1.p99_ms:.2f} | {cell(per_second(c32), c32)} {unit} "
-            f"| {c32.p99_ms:.1f} |"
+            f"| {c32.p99_ms:.1f} | {cpu} |"
         )
     print(
         f"| compute floor: onnxruntime in-process, batch {BATCH}, {settings.threads_per_worker} threads "
-        f"| | | {cell(compute)} images/s | |"
+        f"| | | {cell(compute)} images/s | | ({compute_cpu:.0f}) |"
     )
-    print(f"| single JSON /predict, 2 workers | | | {cell(two.rate, two)} req/s | {two.p99_ms:.1f} |")
+    print(
+        f"| single JSON /predict, 2 workers | | | {cell(two.rate, two)} req/s | {two.p99_ms:.1f} "
+        f"| {two_workers.cpu_us:.0f} |"
+    )
     print()
-    floor, single, raw = one["floor"][32].rate, one["json"][32], one["batch_raw"][32].rate * BATCH
+    floor, single = one["floor"].loads[32].rate, one["json"].loads[32]
+    raw = one["batch_raw"].loads[32].rate * BATCH
     print("Targets:")
     print(
         target(
