@@ -30,8 +30,12 @@ MAX_PIXELS = 40_000_000
 def predict(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     """Digits for uint8 [n, 28, 28] MNIST-convention images."""
     x = (images.astype(np.float32) / 255)[:, None]
-    return np.concatenate([session.run(["probabilities"], {"image": x[i:i + 512]})[0].argmax(1)
-                           for i in range(0, len(x), 512)])
+    return np.concatenate(
+        [
+            session.run(["probabilities"], {"image": x[i : i + 512]})[0].argmax(1)
+            for i in range(0, len(x), 512)
+        ]
+    )
 
 
 def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -49,8 +53,9 @@ def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "lenet5.onnx")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
     parser.add_argument("--per-kind", type=int, default=300)
@@ -73,15 +78,21 @@ def main() -> None:
         accuracy = float(((predict(session, done) == truth) & ok).mean())
         rows.append((kind, len(pairs), accuracy, float(ok.mean()), ms))
 
-    print(f"model {args.model.name}; {args.per_kind} images per kind (seed {args.seed}); "
-          "a file with no digit found counts as wrong")
-    print(f"| {'images':32} | {'n':>5} | {'accuracy':>8} | {'vs pipeline MNIST':>17} | {'digit found':>11} "
-          f"| {'ms/image':>8} |")
+    print(
+        f"model {args.model.name}; {args.per_kind} images per kind (seed {args.seed}); "
+        "a file with no digit found counts as wrong"
+    )
+    print(
+        f"| {'images':32} | {'n':>5} | {'accuracy':>8} | {'vs pipeline MNIST':>17} | {'digit found':>11} "
+        f"| {'ms/image':>8} |"
+    )
     print(f"|{'-' * 34}|{'-' * 7}:|{'-' * 9}:|{'-' * 18}:|{'-' * 12}:|{'-' * 9}:|")
     for name, n, accuracy, found, ms in rows:
         delta = 100 * (accuracy - baseline)
-        print(f"| {name:32} | {n:5} | {100 * accuracy:7.2f}% | {delta:+16.2f}pt | {100 * found:10.1f}% "
-              f"| {ms:8.1f} |")
+        print(
+            f"| {name:32} | {n:5} | {100 * accuracy:7.2f}% | {delta:+16.2f}pt | {100 * found:10.1f}% "
+            f"| {ms:8.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -95,8 +96,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     if scale < 1:
         size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
         gray = gray.resize(size, Image.Resampling.BOX)
-    paper = _paper_space(np.asarray(gray, dtype=np.float32))
-    ink = _ink(paper)
+    ink = _ink_map(gray)
     mask = _clean(ink)
     return _center(_crop(ink, mask))
 
@@ -105,24 +105,24 @@ def _no_digit() -> ApiError:
     return ApiError(422, "no digit found", "no_digit")
 
 
-def _paper_space(gray: np.ndarray) -> np.ndarray:
-    """Light paper, dark ink: the background (border median) decides which tail of the histogram is ink."""
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = float(np.median(border))
-    low, high = np.percentile(gray, [0.5, 99.5])
-    return gray if background - low >= high - background else 255.0 - gray
+def _ink_map(gray: Image.Image) -> np.ndarray:
+    """Ink amount in [0, 1], either polarity: the reading that leaves most of the image as background (dark
+    ink on paper, or light strokes on a dark canvas). Uneven light cannot flip it, unlike a border median."""
+    pixels = np.asarray(gray, dtype=np.float32)
+    dark, light = _ink(pixels), _ink(255.0 - pixels)
+    return dark if dark.mean() <= light.mean() else light
 
 
 def _ink(paper: np.ndarray) -> np.ndarray:
-    """Ink amount in [0, 1]: divide by the local paper brightness, which removes shadows and gradients."""
+    """Dark ink on light paper, in [0, 1]: divided by the local paper brightness to remove shadows."""
     height, width = paper.shape
-    block = max(4, -(-max(height, width) // 12))
+    block = max(4, -(-max(height, width) // 24))
     grid_h, grid_w = -(-height // block), -(-width // block)
     padded = np.pad(paper, ((0, grid_h * block - height), (0, grid_w * block - width)), mode="edge")
     cells = padded.reshape(grid_h, block, grid_w, block).transpose(0, 2, 1, 3).reshape(grid_h, grid_w, -1)
     level = np.percentile(cells, 90, axis=2)  # paper shows through unless a stroke covers 90% of a cell
-    neighbours = _max3(level)
-    level = np.where(level < 0.6 * neighbours, neighbours, level)  # under a thick stroke: paper next door
+    # grey closing: dark features up to 4 cells wide (strokes) vanish, large ones (shadows) keep their edges
+    level = _filter(_filter(level, 5, np.max), 5, np.min)
     background = Image.fromarray(level.astype(np.float32), mode="F").resize(
         (grid_w * block, grid_h * block), Image.Resampling.BILINEAR
     )
@@ -131,11 +131,11 @@ def _ink(paper: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - paper / background, 0.0, 1.0)
 
 
-def _max3(values: np.ndarray) -> np.ndarray:
-    """3x3 maximum filter (edges replicated)."""
-    padded = np.pad(values, 1, mode="edge")
+def _filter(values: np.ndarray, size: int, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    """A size x size maximum or minimum filter (edges replicated)."""
+    padded = np.pad(values, size // 2, mode="edge")
     h, w = values.shape
-    return np.max([padded[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+    return reduce([padded[i : i + h, j : j + w] for i in range(size) for j in range(size)], axis=0)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -156,7 +156,8 @@ def _clean(ink: np.ndarray) -> np.ndarray:
     """The digit's pixels: thresholded ink without ruled/squared paper lines and isolated specks."""
     if float(ink.max()) < MIN_CONTRAST:
         raise _no_digit()
-    mask = ink > _otsu(ink)
+    strong = float(np.percentile(ink, 99.9))  # the stroke cores, even for a small digit in a big photo
+    mask = ink > max(_otsu(ink), 0.4 * strong)  # Otsu alone lets faint shadow edges in beside dark ink
     if not mask.any() or mask.all() or ink[mask].mean() - ink[~mask].mean() < MIN_CONTRAST:
         raise _no_digit()
     mask &= ~_paper_lines(mask)
@@ -250,10 +251,12 @@ def _crop(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The digit's grey levels (stroke core -> 1, antialiased edges kept), cropped to its bounding box."""
     level = float(np.percentile(ink[mask], 75))
     floor = float(np.median(ink))
-    halo = _max3(mask.astype(np.uint8)).astype(bool)  # the antialiased edge just outside the threshold
+    halo = _filter(mask, 3, np.max)  # the antialiased edge just outside the threshold
     grey = np.where(halo, np.clip((ink - floor) / max(level - floor, 1e-6), 0.0, 1.0), 0.0)
     rows = np.flatnonzero(grey.any(axis=1))
     cols = np.flatnonzero(grey.any(axis=0))
+    if rows.size == 0:
+        raise _no_digit()
     return grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 

@@ -24,7 +24,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -35,14 +35,16 @@ def mnist_test(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 # --- ink: a digit as an alpha mask (float [h, w] in [0, 1]) -------------------------------------------------
 
+
 def mnist_ink(digit: np.ndarray, height: int, angle: float = 0.0) -> np.ndarray:
     """An MNIST digit drawn `height` px tall: smooth upscaled strokes, optionally rotated (degrees)."""
     rows = np.flatnonzero(digit.any(axis=1))
     cols = np.flatnonzero(digit.any(axis=0))
-    crop = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    crop = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
     scale = height / max(crop.size)
-    image = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
-                        Image.Resampling.BICUBIC)
+    image = crop.resize(
+        (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.BICUBIC
+    )
     if angle:
         image = image.rotate(angle, Image.Resampling.BICUBIC, expand=True)
     return np.clip(np.asarray(image, dtype=np.float32) / 255 * 1.2, 0, 1)
@@ -62,6 +64,7 @@ def font_ink(label: int, height: int, rng: Rng, angle: float = 0.0) -> np.ndarra
 
 # --- paper, light and texture -------------------------------------------------------------------------------
 
+
 def paper(rng: Rng, size: tuple[int, int]) -> np.ndarray:
     """Off-white paper, slightly tinted, float RGB [h, w, 3]."""
     width, height = size
@@ -72,8 +75,8 @@ def paper(rng: Rng, size: tuple[int, int]) -> np.ndarray:
 def paint(canvas: np.ndarray, alpha: np.ndarray, color: tuple[int, int, int], top: int, left: int) -> None:
     """Lay ink of `color` with coverage `alpha` onto the canvas at (top, left), in place."""
     h, w = alpha.shape
-    region = canvas[top:top + h, left:left + w]
-    a = alpha[:region.shape[0], :region.shape[1], None]
+    region = canvas[top : top + h, left : left + w]
+    a = alpha[: region.shape[0], : region.shape[1], None]
     region[:] = region * (1 - a) + np.asarray(color, dtype=np.float32) * a
 
 
@@ -147,8 +150,17 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 
 # --- the kinds: (rng, MNIST digit 28x28, label) -> file bytes --------------------------------------------
 
-def _scan(rng: Rng, digit: np.ndarray, *, size: tuple[int, int] = (400, 400), fraction: tuple = (0.4, 0.8),
-          angle: float = 4.0, ink: tuple[int, int, int] | None = None, margin: float = 0.05) -> np.ndarray:
+
+def _scan(
+    rng: Rng,
+    digit: np.ndarray,
+    *,
+    size: tuple[int, int] = (400, 400),
+    fraction: tuple = (0.4, 0.8),
+    angle: float = 4.0,
+    ink: tuple[int, int, int] | None = None,
+    margin: float = 0.05,
+) -> np.ndarray:
     """A digit written on paper: the shared start of the paper kinds."""
     canvas = paper(rng, size)
     height = int(min(size) * rng.uniform(*fraction))
@@ -246,8 +258,11 @@ def exif_rotated(rng: Rng, digit: np.ndarray, label: int) -> bytes:
     """A phone JPEG stored sideways with an EXIF orientation tag saying how to turn it upright."""
     upright = finish(rng, _scan(rng, digit, size=(480, 640)), 3)
     orientation = [3, 6, 8][rng.integers(3)]
-    stored = upright.transpose({3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
-                                8: Image.Transpose.ROTATE_270}[orientation])
+    stored = upright.transpose(
+        {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[
+            orientation
+        ]
+    )
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(stored, "JPEG", quality=90, exif=exif.tobytes())
@@ -272,16 +287,27 @@ def phone_photo(rng: Rng, digit: np.ndarray, label: int) -> bytes:
 
 
 KINDS: dict[str, Callable[[Rng, np.ndarray, int], bytes]] = {
-    "paper scan": paper_scan, "off-centre small": off_centre, "rotated": rotated, "shadowed": shadowed,
-    "JPEG q25-60": jpeg, "lined paper": lined, "squared paper": squared, "specks + noise": speckled,
-    "coloured ink": coloured, "canvas PNG (alpha)": canvas_png, "canvas white-on-black": canvas_dark,
-    "printed fonts": printed, "EXIF-rotated JPEG": exif_rotated, "animated GIF": animated_gif,
+    "paper scan": paper_scan,
+    "off-centre small": off_centre,
+    "rotated": rotated,
+    "shadowed": shadowed,
+    "JPEG q25-60": jpeg,
+    "lined paper": lined,
+    "squared paper": squared,
+    "specks + noise": speckled,
+    "coloured ink": coloured,
+    "canvas PNG (alpha)": canvas_png,
+    "canvas white-on-black": canvas_dark,
+    "printed fonts": printed,
+    "EXIF-rotated JPEG": exif_rotated,
+    "animated GIF": animated_gif,
     "phone photo 1200x1600": phone_photo,
 }
 
 
-def generate(kind: str, images: np.ndarray, labels: np.ndarray, count: int, seed: int = 0
-             ) -> Iterator[tuple[bytes, int]]:
+def generate(
+    kind: str, images: np.ndarray, labels: np.ndarray, count: int, seed: int = 0
+) -> Iterator[tuple[bytes, int]]:
     """`count` files of one kind from MNIST test digits drawn at random (seeded per kind), with labels."""
     rng = np.random.default_rng([seed, *kind.encode()])
     for i in rng.choice(len(images), size=count, replace=False):

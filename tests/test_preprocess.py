@@ -69,12 +69,16 @@ def test_accuracy_on_realistic_images_is_close_to_mnist(mnist: tuple[np.ndarray,
     assert (predicted == np.array([label for _, label in pairs])).mean() >= 0.96
 
 
-@pytest.mark.parametrize("image", [
-    Image.new("L", (300, 200), 235),
-    Image.new("RGB", (64, 64), (0, 0, 0)),
-    Image.new("RGB", (1, 1), (255, 255, 255)),
-    Image.fromarray(np.full((28, 28), 0, np.uint8)),
-], ids=["paper", "black", "one-pixel", "empty-mnist"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (300, 200), 235),
+        Image.new("RGB", (64, 64), (0, 0, 0)),
+        Image.new("RGB", (1, 1), (255, 255, 255)),
+        Image.fromarray(np.full((28, 28), 0, np.uint8)),
+    ],
+    ids=["paper", "black", "one-pixel", "empty-mnist"],
+)
 def test_blank_images_have_no_digit(image: Image.Image) -> None:
     with pytest.raises(ApiError) as error:
         to_mnist(image)
@@ -98,6 +102,7 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(ApiError) as error:
         load_image(big, max_pixels=1_000_000)
     assert (error.value.status, error.value.reason) == (413, "image_too_large")
+
     # a 10-gigapixel PNG claimed by a tiny file: refused without decoding anything
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -109,14 +114,18 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
     assert error.value.status == 413
 
 
-@pytest.mark.parametrize(("data", "status"), [
-    (b"", 415),
-    (b"definitely not an image", 415),
-    (b"%PDF-1.7\n", 415),
-    (encode(Image.new("RGB", (32, 32)), "ICO"), 415),
-    (encode(Image.new("RGB", (300, 300), (200, 10, 10)), "PNG")[:120], 422),
-    (encode(Image.new("RGB", (300, 300), (200, 10, 10)), "JPEG")[:400], 422),
-], ids=["empty", "text", "pdf", "ico", "truncated-png", "truncated-jpeg"])
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"", 415),
+        (b"definitely not an image", 415),
+        (b"%PDF-1.7\n", 415),
+        (encode(Image.new("RGB", (32, 32)), "ICO"), 415),
+        (encode(Image.new("RGB", (300, 300), (200, 10, 10)), "PNG")[:120], 422),
+        (encode(Image.new("RGB", (300, 300), (200, 10, 10)), "JPEG")[:400], 422),
+    ],
+    ids=["empty", "text", "pdf", "ico", "truncated-png", "truncated-jpeg"],
+)
 def test_undecodable_bytes_are_refused_clearly(data: bytes, status: int) -> None:
     with pytest.raises(ApiError) as error:
         load_image(data, MAX_PIXELS)
@@ -127,8 +136,11 @@ def test_exif_orientation_is_honoured(mnist: tuple[np.ndarray, np.ndarray]) -> N
     digit = mnist[0][0]  # a 7: not symmetric under any rotation
     upright = Image.fromarray(255 - np.kron(digit, np.ones((10, 10), np.uint8))).convert("RGB")
     expected = to_mnist(upright)
-    for orientation, turn in [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
-                              (8, Image.Transpose.ROTATE_270)]:
+    for orientation, turn in [
+        (3, Image.Transpose.ROTATE_180),
+        (6, Image.Transpose.ROTATE_90),
+        (8, Image.Transpose.ROTATE_270),
+    ]:
         exif = Image.Exif()
         exif[0x0112] = orientation
         stored = encode(upright.transpose(turn), "JPEG", quality=95, exif=exif.tobytes())
