@@ -22,8 +22,13 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 UNREACHABLE = ("http://127.0.0.1:9/",)  # discard port: connection refused, no real network
 
 
-def idx_images(count: int, *, header_count: int | None = None, magic: int = IMAGES_MAGIC,
-               shape: tuple[int, int] = (28, 28)) -> bytes:
+def idx_images(
+    count: int,
+    *,
+    header_count: int | None = None,
+    magic: int = IMAGES_MAGIC,
+    shape: tuple[int, int] = (28, 28),
+) -> bytes:
     header = struct.pack(">IIII", magic, count if header_count is None else header_count, *shape)
     return header + bytes(count * shape[0] * shape[1])
 

@@ -14,17 +14,39 @@ import pytest
 
 from trainer.report import sha256_file
 
-METADATA_KEYS = {"name", "version", "created", "test_accuracy", "training_config", "data_sha256",
-                 "temperature"}
+METADATA_KEYS = {
+    "name",
+    "version",
+    "created",
+    "test_accuracy",
+    "training_config",
+    "data_sha256",
+    "temperature",
+}
 
 
 @pytest.fixture(scope="module")
 def smoke_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
     result = subprocess.run(
-        [sys.executable, "-m", "trainer", "--limit", "2000", "--epochs", "1", "--data-dir", str(mnist_dir),
-         "--out", str(out), "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--limit",
+            "2000",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch  1/1" in result.stdout + result.stderr

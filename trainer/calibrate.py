@@ -33,13 +33,25 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     rows = []
     for b in range(bins):
         members = which == b
-        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(members.sum()),
-                     "confidence": float(confidence[members].mean()) if members.any() else None,
-                     "accuracy": float(correct[members].mean()) if members.any() else None})
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": int(members.sum()),
+                "confidence": float(confidence[members].mean()) if members.any() else None,
+                "accuracy": float(correct[members].mean()) if members.any() else None,
+            }
+        )
     return rows
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Count-weighted mean |accuracy - confidence| over the reliability bins."""
-    return float(sum(row["count"] * abs(row["accuracy"] - row["confidence"])
-                     for row in reliability(probabilities, labels, bins) if row["count"]) / len(labels))
+    return float(
+        sum(
+            row["count"] * abs(row["accuracy"] - row["confidence"])
+            for row in reliability(probabilities, labels, bins)
+            if row["count"]
+        )
+        / len(labels)
+    )

@@ -38,8 +38,13 @@ def export_onnx(deployable: Deployable, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     deployable.cpu().eval()
     torch.onnx.export(
-        deployable, (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, opset_version=OPSET,
-        input_names=[INPUT], output_names=[LOGITS, PROBABILITIES],
+        deployable,
+        (torch.zeros(1, 1, 28, 28),),
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=[INPUT],
+        output_names=[LOGITS, PROBABILITIES],
         dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}, PROBABILITIES: {0: "batch"}},
     )
 
@@ -57,9 +62,10 @@ def run_onnx(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs: dict[str, list[np.ndarray]] = {LOGITS: [], PROBABILITIES: []}
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size, None].astype(np.float32) / 255
-        for name, value in zip([LOGITS, PROBABILITIES], session.run([LOGITS, PROBABILITIES], {INPUT: x}),
-                               strict=True):
+        x = images[i : i + batch_size, None].astype(np.float32) / 255
+        for name, value in zip(
+            [LOGITS, PROBABILITIES], session.run([LOGITS, PROBABILITIES], {INPUT: x}), strict=True
+        ):
             outputs[name].append(value)
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
@@ -83,7 +89,8 @@ def verify(path: Path, deployable: Deployable, split: Split) -> Verification:
     expected = torch.softmax(logits / deployable.temperature, dim=1).numpy()
     diff = float(np.abs(outputs[PROBABILITIES] - expected).max())
     if diff > MAX_ABS_DIFF:
-        raise RuntimeError(f"{path}: onnxruntime and torch probabilities differ by {diff:.2e} "
-                           f"> {MAX_ABS_DIFF}")
+        raise RuntimeError(
+            f"{path}: onnxruntime and torch probabilities differ by {diff:.2e} > {MAX_ABS_DIFF}"
+        )
     correct = int((outputs[PROBABILITIES].argmax(1) == split.labels).sum())
     return Verification(diff, len(split.labels), outputs, correct, correct / len(split.labels))

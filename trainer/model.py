@@ -13,8 +13,9 @@ PARAMETER_BUDGET = 100_000
 class LeNet5(nn.Module):
     """LeNet-5 with BatchNorm and dropout; input float [N,1,28,28] in [0,1], white ink on black."""
 
-    def __init__(self, conv: tuple[int, int] = (16, 32), hidden: tuple[int, int] = (96, 64),
-                 dropout: float = 0.25):
+    def __init__(
+        self, conv: tuple[int, int] = (16, 32), hidden: tuple[int, int] = (96, 64), dropout: float = 0.25
+    ):
         super().__init__()
         c1, c2 = conv
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))

@@ -32,8 +32,12 @@ def per_class(matrix: np.ndarray) -> dict[str, dict[str, float]]:
         precision = hits / max(matrix[:, digit].sum(), 1)
         recall = hits / max(matrix[digit].sum(), 1)
         f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-        scores[str(digit)] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
-                              "f1": round(float(f1), 4), "support": int(matrix[digit].sum())}
+        scores[str(digit)] = {
+            "precision": round(float(precision), 4),
+            "recall": round(float(recall), 4),
+            "f1": round(float(f1), 4),
+            "support": int(matrix[digit].sum()),
+        }
     return scores
 
 
@@ -43,8 +47,9 @@ def plot_training(history: History, path: Path) -> None:
     loss, error = figure.subplots(1, 2)
     for split, name in (("train", "train (augmented, dropout)"), ("val", "validation (weight EMA)")):
         loss.plot(epochs, [row[f"{split}_loss"] for row in history.epochs], marker="o", label=name)
-        error.plot(epochs, [100 * (1 - row[f"{split}_accuracy"]) for row in history.epochs], marker="o",
-                   label=name)
+        error.plot(
+            epochs, [100 * (1 - row[f"{split}_accuracy"]) for row in history.epochs], marker="o", label=name
+        )
     error.axvline(history.best_epoch, color="grey", linestyle="--", label="best on validation")
     loss.set(title="cross-entropy", xlabel="epoch", yscale="log")
     error.set(title="error rate (%)", xlabel="epoch", yscale="log")
@@ -61,10 +66,22 @@ def plot_confusion(matrix: np.ndarray, path: Path) -> None:
     axis.imshow(np.log1p(matrix), cmap="Blues")
     for (row, col), count in np.ndenumerate(matrix):
         if count:
-            axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                      color="white" if row == col else "black")
-    axis.set(title="test confusion matrix (onnxruntime)", xlabel="predicted", ylabel="true",
-             xticks=range(10), yticks=range(10))
+            axis.text(
+                col,
+                row,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if row == col else "black",
+            )
+    axis.set(
+        title="test confusion matrix (onnxruntime)",
+        xlabel="predicted",
+        ylabel="true",
+        xticks=range(10),
+        yticks=range(10),
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 

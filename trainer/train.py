@@ -87,20 +87,26 @@ def jitter(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> 
     scale = 1 + rand[:, 1] * config.scale
     shift = rand[:, 2:] * (2 * config.shift / x.shape[-1])  # pixels -> normalized [-1, 1] coordinates
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device,
-                   batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1000
+) -> torch.Tensor:
     """Logits [N,10] on the CPU for uint8 images [N,28,28], in eval mode."""
     model.eval()
     source = torch.from_numpy(images)
-    return torch.cat([model(to_device(source[i:i + batch_size], device)).float().cpu()
-                      for i in range(0, len(source), batch_size)])
+    return torch.cat(
+        [
+            model(to_device(source[i : i + batch_size], device)).float().cpu()
+            for i in range(0, len(source), batch_size)
+        ]
+    )
 
 
 def evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
@@ -131,8 +137,9 @@ def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Pa
     labels = torch.from_numpy(data.train.labels[: config.limit])
     steps = math.ceil(len(images) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                   steps_per_epoch=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps
+    )
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history = History()
@@ -145,7 +152,7 @@ def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Pa
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for step in bar:
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
             x = jitter(to_device(images[index], device), config, generator)
             y = labels[index].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -164,16 +171,24 @@ def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Pa
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
         bar.close()
         val_loss, val_acc = evaluate(ema, data.validation, device)
-        row = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
-               "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - epoch_start}
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "seconds": time.perf_counter() - epoch_start,
+        }
         history.epochs.append(row)
         best = val_acc > history.best_val_accuracy
         if best:
             history.best_epoch, history.best_val_accuracy = epoch, val_acc
             torch.save(ema.state_dict(), checkpoint)
-        tqdm.write(f"epoch {epoch:2d}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
-                   f"{row['train_accuracy']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
-                   f"{row['seconds']:.1f}s{'  *best' if best else ''}")
+        tqdm.write(
+            f"epoch {epoch:2d}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{row['train_accuracy']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
+            f"{row['seconds']:.1f}s{'  *best' if best else ''}"
+        )
     history.seconds = time.perf_counter() - started
     history.cpu_seconds = time.process_time() - cpu_started
     ema.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
