@@ -79,7 +79,8 @@ def main() -> None:
         rows.append((kind, len(pairs), accuracy, float(ok.mean()), ms))
 
     print(
-        f"model {args.model.name}; {args.per_kind} images per kind (seed {args.seed}); "
+        f"model {args.model.name} version {session.get_modelmeta().custom_metadata_map.get('version', '?')}; "
+        f"{args.per_kind} images per kind (seed {args.seed}); "
         "a file with no digit found counts as wrong"
     )
     print(
