@@ -246,6 +246,8 @@ def _digit_components(mask: np.ndarray) -> np.ndarray:
     gap_x = np.maximum(0, np.maximum(left - right[main], left[main] - right))
     near = np.maximum(gap_y, gap_x) <= 0.3 * size
     keep = (areas >= 0.08 * areas[main]) & near
+    if areas[keep].sum() < 0.5 * areas.sum():  # ink scattered everywhere: noise or texture, not a digit
+        raise _no_digit()
     return np.isin(labels, ids[keep])
 
 

@@ -91,7 +91,8 @@ def test_noise_and_specks_alone_have_no_digit(seed: int) -> None:
     rng = np.random.default_rng(seed)
     canvas = paper(rng, (600, 450))
     specks(rng, canvas, 60)
-    for image in (finish(rng, canvas, 8), finish(rng, paper(rng, (600, 450)), 12)):
+    grey_noise = Image.fromarray(np.clip(rng.normal(128, 30, (300, 300)), 0, 255).astype(np.uint8))
+    for image in (finish(rng, canvas, 8), finish(rng, paper(rng, (600, 450)), 12), grey_noise):
         with pytest.raises(ApiError) as error:
             process(encode(image, "JPEG", quality=80))
         assert error.value.reason == "no_digit"
