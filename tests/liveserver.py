@@ -32,37 +32,42 @@ class LiveServer:
     log: Path
 
 
+def start_server(log: Path, *, workers: int = 1, env: dict[str, str] | None = None) -> LiveServer:
+    """`python -m service` on a free 127.0.0.1 port, output to `log`; not waited for."""
+    port = free_port()
+    with log.open("wb") as out:
+        command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+        process = subprocess.Popen(
+            [*command, "--workers", str(workers)],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it does not end within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 @contextmanager
 def run_server(
     tmp_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 90.0
 ) -> Iterator[LiveServer]:
-    """Start `python -m service` on a free 127.0.0.1 port; wait (bounded) until every worker is ready.
+    """Start the service and wait (bounded) until every worker is ready; stop it afterwards.
 
     /readyz reaches one worker at a time, so it alone cannot tell that all of them have warmed up:
     each worker logs a line ending in READY_MARK when it is, and the log must hold one per worker.
     """
-    port = free_port()
-    log = tmp_dir / f"server-{port}.log"
-    full_env = {**os.environ, **(env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            cwd=ROOT,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log)
+    server = start_server(tmp_dir / f"server-{free_port()}.log", workers=workers, env=env)
+    process, log = server.process, server.log
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -79,9 +84,4 @@ def run_server(
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_program
-from tests.liveserver import LiveServer, free_port
+from tests.liveserver import LiveServer, free_port, stop
 from tests.stack import PROMETHEUS_CONFIG, as_prometheus_query, dashboard_exprs, query, send_traffic, wait_for
 
 PREDICTIONS = 20
@@ -59,12 +59,7 @@ def prometheus(service: LiveServer, tmp_path_factory: pytest.TempPathFactory) ->
         wait_for(lambda: ready(url, process, log), 30, "Prometheus ready")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 def ready(url: str, process: subprocess.Popen, log: Path) -> bool:

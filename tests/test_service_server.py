@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.settings import cores
-from tests.liveserver import ROOT, free_port
+from tests.liveserver import start_server, stop
 from tests.service_model import build_model
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
@@ -103,32 +101,11 @@ def test_queue_bound_gives_503_with_retry_after(server_factory, model_env) -> No
     assert metric_sum(text, "mnist_errors_total", reason="queue_full", status="503") == len(busy)
 
 
-def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
 def test_ready_only_after_warm_up(model_env, tmp_path: Path) -> None:
     """1024 batch shapes take seconds to warm up: live at once, ready only afterwards."""
     env = {**model_env, "MNIST_MAX_BATCH_SIZE": "1024", "MNIST_INTRA_OP_THREADS": "1"}
-    process, url = start(env, tmp_path / "server.log")
+    server = start_server(tmp_path / "server.log", env=env)
+    process, url = server.process, server.url
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -175,7 +152,7 @@ def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -
     else:
         pytest.skip("CUDA really works on this machine")
     assert "CUDAExecutionProvider" in ort.get_available_providers()
-    process, _ = start({**model_env, "MNIST_PROVIDERS": "cuda"}, tmp_path / "server.log")
+    process = start_server(tmp_path / "server.log", env={**model_env, "MNIST_PROVIDERS": "cuda"}).process
     try:
         code = process.wait(timeout=60)
     finally:
