@@ -6,7 +6,6 @@ frame, normalization -- is exercised. Shared by tests/test_preprocess.py and ben
 
 from __future__ import annotations
 
-import gzip
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,23 +13,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from trainer.data import load_test
+
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 INKS = [(20, 20, 25), (35, 40, 110), (20, 45, 160), (150, 25, 30), (25, 90, 40), (70, 30, 110)]
 Rng = np.random.Generator
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An MNIST idx file (gzip) as a numpy array."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def mnist_test(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 10k MNIST test images (uint8 [n, 28, 28]) and labels."""
-    return read_idx(data_dir / "t10k-images-idx3-ubyte.gz"), read_idx(data_dir / "t10k-labels-idx1-ubyte.gz")
+    test = load_test(data_dir)
+    return test.images, test.labels
 
 
 # --- ink: a digit as an alpha mask (float [h, w] in [0, 1]) -------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
-import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.v2_protocol import HEADER_LENGTH
 from tests.liveserver import LiveServer
+from trainer.data import load_test
 
 MODEL = "lenet5"
 BATCH = 64
@@ -29,17 +29,9 @@ OUTPUTS = ("logits", "probabilities")
 INFER = f"/v2/models/{MODEL}/infer"
 
 
-def read_test_images(mnist_dir: Path, count: int) -> np.ndarray:
-    """The first `count` MNIST test images, uint8 [count, 28, 28] (0 = background)."""
-    with gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz") as file:
-        magic, total, rows, cols = struct.unpack(">IIII", file.read(16))
-        assert (magic, rows, cols) == (2051, 28, 28) and total >= count
-        return np.frombuffer(file.read(count * rows * cols), np.uint8).reshape(count, rows, cols)
-
-
 @pytest.fixture(scope="module")
 def images(mnist_dir: Path) -> np.ndarray:
-    return read_test_images(mnist_dir, BATCH)
+    return load_test(mnist_dir).images[:BATCH]
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,11 @@ def _load_pair(data_dir: Path, prefix: str, count: int, mirrors: tuple[str, ...]
     return Split(images, labels.astype(np.int64)), digests
 
 
+def load_test(data_dir: str | Path | None = None, mirrors: tuple[str, ...] = MIRRORS) -> Split:
+    """The 10k test images and labels alone: for evaluating models and feeding the service's tests."""
+    return _load_pair(resolve_data_dir(data_dir), "t10k", TEST_COUNT, mirrors)[0]
+
+
 def load_mnist(data_dir: str | Path | None = None, mirrors: tuple[str, ...] = MIRRORS) -> Mnist:
     """All of MNIST, with a fixed 5k validation split carved out of the 60k training images."""
     folder = resolve_data_dir(data_dir)
