@@ -97,14 +97,27 @@ def compute_floor(model_path: Path, threads: int, images: np.ndarray, seconds: f
     return images / (time.perf_counter() - started), (time.process_time() - cpu) / images * 1e6
 
 
+def settle(url: str, request: Request) -> None:
+    """wrk stops with requests in flight and the server still works them off (up to 32 x 256 images):
+    one more request waits behind them in the FIFO batcher, so the next measurement starts idle."""
+    headers = {"Content-Type": request.content_type} if request.body else {}
+    method = "POST" if request.body else "GET"
+    httpx.request(
+        method, url + request.path, content=request.body, headers=headers, timeout=60
+    ).raise_for_status()
+
+
 def measure(server: LiveServer, request: Request, seconds: int, levels: tuple[int, ...]) -> Measured:
     """A 1 s warm-up at c=32, then each concurrency level; server CPU per request at the last level."""
     run(server.url, request, concurrency=32, seconds=1)
+    settle(server.url, request)
     loads = {}
     for c in levels:
         cpu = cpu_seconds(server.process.pid)
         loads[c] = run(server.url, request, concurrency=c, seconds=seconds)
-    return Measured(loads, (cpu_seconds(server.process.pid) - cpu) / loads[levels[-1]].requests * 1e6)
+        cpu = cpu_seconds(server.process.pid) - cpu
+        settle(server.url, request)
+    return Measured(loads, cpu / loads[levels[-1]].requests * 1e6)
 
 
 def cell(value: float, load: Load | None = None) -> str:
