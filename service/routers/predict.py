@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
@@ -113,9 +114,14 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
         await form.close()
 
 
-async def _images(files: list[bytes], max_pixels: int) -> np.ndarray:
-    """Decode and MNIST-normalize image files in a thread (CPU work must not block the event loop)."""
-    return await run_in_threadpool(lambda: np.concatenate([codecs.image(data, max_pixels) for data in files]))
+async def _images(request: Request, files: list[bytes]) -> np.ndarray:
+    """Decode and MNIST-normalize image files in a thread (CPU work must not block the event loop), one
+    request at a time per worker (app.state.decoders)."""
+    max_pixels = request.app.state.settings.max_image_pixels
+    return await anyio.to_thread.run_sync(
+        lambda: np.concatenate([codecs.image(data, max_pixels) for data in files]),
+        limiter=request.app.state.decoders,
+    )
 
 
 async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, Any]]:
@@ -144,15 +150,14 @@ async def predict(request: Request) -> Response:
     28x28 image the model saw."""
     batcher = await _admit(request)
     debug = bool(request.scope["query_string"]) and _flag(request.query_params.get("debug", "false"), "debug")
-    settings = request.app.state.settings
     media_type = _media_type(request)
     shape = batcher.runtime.image_shape
     if media_type == "application/json":
         images = codecs.single_json(await request.body(), shape)
     elif media_type == "multipart/form-data":
-        images = await _images(await _files(request, "file", 1), settings.max_image_pixels)
+        images = await _images(request, await _files(request, "file", 1))
     elif media_type.startswith("image/"):
-        images = await _images([await request.body()], settings.max_image_pixels)
+        images = await _images(request, [await request.body()])
     else:
         raise _unsupported(media_type, "application/json, multipart/form-data (file) or image/*")
     (result,) = await _predictions(batcher, images)
@@ -176,7 +181,7 @@ async def predict_batch(request: Request) -> Response:
             images = codecs.batch_json(body, shape, settings.max_batch_items)
     elif media_type == "multipart/form-data":
         files = await _files(request, "files", settings.max_batch_items)
-        images = await _images(files, settings.max_image_pixels)
+        images = await _images(request, files)
     elif media_type == "application/octet-stream":
         images = codecs.batch_raw(await request.body(), shape, settings.max_batch_items)
     else:
