@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test train bench lint system-deps
+.PHONY: run test train bench realworld lint system-deps
 
 $(BIN)/mnist-serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,11 @@ test: $(VENV)/.dev system-deps
 train: $(VENV)/.dev
 	$(BIN)/mnist-train
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev system-deps
 	$(BIN)/python bench/run.py
+
+realworld: $(VENV)/.dev
+	$(BIN)/python bench/realworld.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

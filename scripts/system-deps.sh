@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# System programs the test suite drives for real: Chromium (drawing page), Prometheus (scraping),
-# a Docker engine and debootstrap (container images). Installs what is missing when run as root on Debian.
+# System programs the test suite drives for real: Chromium (drawing page), Prometheus (scraping), a Docker
+# engine and debootstrap (container images), DejaVu fonts (printed digits); wrk drives bench/.
+# Installs what is missing when run as root on Debian; elsewhere says what to install.
 set -euo pipefail
 need=()
-command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
+command -v chromium >/dev/null || need+=(chromium)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v dockerd >/dev/null || need+=(docker.io iptables)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v wrk >/dev/null || need+=(wrk)
+[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "system-deps: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})." >&2
