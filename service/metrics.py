@@ -60,7 +60,7 @@ BATCH_SIZE = Histogram("mnist_batch_size", "Images per onnxruntime run.", MODEL,
 IN_FLIGHT = Gauge("mnist_requests_in_flight", "HTTP requests being served.", multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge(
     "mnist_queue_depth",
-    "Images waiting in the batching queue, sampled as each batch starts.",
+    "Images waiting in the batching queue, sampled as work arrives and as each batch starts.",
     MODEL,
     multiprocess_mode="livesum",
 )
