@@ -190,22 +190,23 @@ def jpeg(rng: Rng, digit: np.ndarray, label: int) -> bytes:
     return encode(finish(rng, _scan(rng, digit), 3), "JPEG", quality=int(rng.integers(25, 60)))
 
 
-def lined(rng: Rng, digit: np.ndarray, label: int) -> bytes:
-    """Ruled notebook paper: the digit spans one or two lines."""
+def _notebook(rng: Rng, digit: np.ndarray, lines_per_digit: tuple[float, float], squared: bool) -> bytes:
+    """The digit on notebook paper whose line spacing is its height over `lines_per_digit`."""
     canvas = paper(rng, (500, 500))
     height = int(500 * rng.uniform(0.3, 0.6))
-    ruled(rng, canvas, height / rng.uniform(0.8, 1.8), squared=False)
+    ruled(rng, canvas, height / rng.uniform(*lines_per_digit), squared=squared)
     place(rng, canvas, mnist_ink(digit, height, rng.uniform(-4, 4)), INKS[rng.integers(3)], 0.05)
     return encode(finish(rng, canvas, 3), "JPEG", quality=90)
+
+
+def lined(rng: Rng, digit: np.ndarray, label: int) -> bytes:
+    """Ruled notebook paper: the digit spans one or two lines."""
+    return _notebook(rng, digit, (0.8, 1.8), squared=False)
 
 
 def squared(rng: Rng, digit: np.ndarray, label: int) -> bytes:
     """Squared (grid) notebook paper."""
-    canvas = paper(rng, (500, 500))
-    height = int(500 * rng.uniform(0.3, 0.6))
-    ruled(rng, canvas, height / rng.uniform(2, 5), squared=True)
-    place(rng, canvas, mnist_ink(digit, height, rng.uniform(-4, 4)), INKS[rng.integers(3)], 0.05)
-    return encode(finish(rng, canvas, 3), "JPEG", quality=90)
+    return _notebook(rng, digit, (2, 5), squared=True)
 
 
 def speckled(rng: Rng, digit: np.ndarray, label: int) -> bytes:
