@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from service.batching import Batcher
 from service.errors import ApiError
@@ -16,6 +17,14 @@ async def get_runtime(request: Request) -> ModelRuntime:
     if not request.app.state.ready:
         raise ApiError(503, "model is loading; retry shortly", "not_ready", {"Retry-After": "1"})
     return request.app.state.runtime
+
+
+async def served_model(name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> ModelRuntime:
+    """The loaded model if the path's {name} names it; 404 for any other name, 503 while loading.
+    (async: FastAPI would run a plain def in the threadpool, a hop per request.)"""
+    if name != runtime.name:
+        raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
+    return runtime
 
 
 async def get_batcher(request: Request) -> Batcher:

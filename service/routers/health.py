@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service import metrics
-from service.dependencies import get_runtime
-from service.errors import ApiError
+from service.dependencies import get_runtime, served_model
 from service.runtime import ModelRuntime
 
 router = APIRouter(tags=["health"])
@@ -36,8 +35,6 @@ async def prometheus_metrics() -> Response:
 
 
 @router.get("/v1/models/{name}")
-async def model_metadata(name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> dict[str, Any]:
+async def model_metadata(runtime: Annotated[ModelRuntime, Depends(served_model)]) -> dict[str, Any]:
     """Name, version, SHA-256, test accuracy (from the model card), active providers, input/output spec."""
-    if name != runtime.name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
     return runtime.describe()

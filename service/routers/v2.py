@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from service.batching import Batcher
-from service.dependencies import get_batcher, get_runtime, require_api_key
+from service.dependencies import get_batcher, get_runtime, require_api_key, served_model
 from service.errors import ApiError
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -53,14 +53,6 @@ INFER_DOC = {
         },
     }
 }
-
-
-async def served_model(name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> ModelRuntime:
-    """The one loaded model if the path names it; 404 for any other name, 503 while loading.
-    (async, like served_version: FastAPI would run a plain def in the threadpool, a hop per request.)"""
-    if name != runtime.name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
-    return runtime
 
 
 ModelDep = Annotated[ModelRuntime, Depends(served_model)]
