@@ -8,8 +8,12 @@ import subprocess
 
 import httpx
 import pytest
-import tomllib
 import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from tests.conftest import require_program
 from tests.liveserver import ROOT, LiveServer
