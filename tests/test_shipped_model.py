@@ -1,4 +1,4 @@
-"""The shipped models/lenet5.onnx is the one its card describes, and it does not regress."""
+"""The shipped models/lenet5.onnx is the one its card describes, and it meets the accuracy target."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from trainer.export import PROBABILITIES, run_onnx
 from trainer.report import sha256_file
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-# The accuracy the shipped model was accepted with, 99.49 %, one image short of the 99.5 % target (see
-# README, Model card): a model that does worse than this must not ship.
-FLOOR = 0.9949
+TARGET = 0.995  # on the MNIST test set, through onnxruntime
 
 
 def test_sha256_matches_card() -> None:
@@ -31,4 +29,4 @@ def test_test_accuracy_through_onnxruntime(mnist_dir: Path) -> None:
     assert (correct, accuracy) == (card["test_correct"], card["test_accuracy"])
     metadata = {p.key: p.value for p in onnx.load(str(MODELS / "lenet5.onnx")).metadata_props}
     assert metadata["test_accuracy"] == f"{accuracy:.4f}"
-    assert accuracy >= FLOOR, f"shipped model: test accuracy {accuracy:.4f} is below {FLOOR}"
+    assert accuracy >= TARGET, f"shipped model: test accuracy {accuracy:.4f} is below the {TARGET} target"

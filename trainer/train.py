@@ -24,7 +24,7 @@ from trainer.model import LeNet5
 class TrainConfig:
     """Everything that decides the trained weights (recorded in the model card and ONNX metadata)."""
 
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
