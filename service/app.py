@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.batching import Batcher
+from service.decoding import ImageDecoder
 from service.errors import ApiError
 from service.routers import health, page, predict, v2
 from service.runtime import ModelRuntime
@@ -149,10 +149,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.runtime = runtime
     app.state.batcher = batcher
-    # One image decode at a time per worker: it is Python and small-array numpy holding the GIL, so more
-    # threads only contend (bench/run.py, 28x28 PNG at c=32: 40 threads 296 req/s and 4.2 ms of server CPU
-    # each, 2 threads 325, 1 thread 467 req/s and 2.3 ms). Workers give the parallelism.
-    app.state.decoders = anyio.CapacityLimiter(1)
+    app.state.decoder = ImageDecoder(
+        max_pixels=settings.max_image_pixels,
+        max_waiting=settings.max_image_queue,
+        timeout_s=settings.request_timeout_s,
+    )
     batcher.start()
     warm_up = asyncio.create_task(_warm_up(app))
     try:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit (413)")
     max_batch_items: int = Field(1024, ge=1, description="images per batch request (413)")
     max_image_pixels: int = Field(40_000_000, ge=784, description="decoded image size limit (413)")
+    max_image_queue: int = Field(
+        32, ge=1, description="image requests waiting to be decoded, per worker, before 503 + Retry-After"
+    )
     api_key: SecretStr | None = Field(None, description="if set, predict/infer routes need Bearer <key>")
     cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated; empty: CORS off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")

@@ -4,6 +4,7 @@ readiness, and refusing to start when CUDA is demanded but not active."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.settings import cores
 from tests.liveserver import start_server, stop
@@ -99,6 +101,44 @@ def test_queue_bound_gives_503_with_retry_after(server_factory, model_env) -> No
     busy = [r for r in responses if r.status_code == 503]
     assert all(r.headers["retry-after"] == "1" and "busy" in r.json()["error"] for r in busy)
     assert metric_sum(text, "mnist_errors_total", reason="queue_full", status="503") == len(busy)
+
+
+def photo_png() -> bytes:
+    """A 6000x6000 PNG (a 36-Mpx photo of a "1"): slow to decode and normalize, so requests queue."""
+    pixels = np.full((6000, 6000), 230, np.uint8)
+    pixels[1500:4500, 2800:3200] = 20
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+Responses = list[httpx.Response]
+
+
+async def photos_and_json(url: str, photo: bytes, n: int) -> tuple[Responses, Responses]:
+    """n concurrent large-image requests, and single JSON requests sent while they are being handled."""
+    limits = httpx.Limits(max_connections=n + 1)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        headers = {"Content-Type": "image/png"}
+        photos = [client.post("/predict", content=photo, headers=headers) for _ in range(n)]
+        flood = asyncio.gather(*photos)
+        await asyncio.sleep(0.05)
+        pixels = [await client.post("/predict", json={"pixels": PIXELS[i]}) for i in range(5)]
+        return list(await flood), pixels
+
+
+def test_image_decode_queue_is_bounded(server_factory, model_env) -> None:
+    """A flood of large photos: one decodes, one waits, the rest get 503 at once; JSON clients are served."""
+    env = {**model_env, "MNIST_MAX_IMAGE_QUEUE": "1"}
+    with server_factory(workers=1, env=env) as server:
+        photos, pixels = asyncio.run(photos_and_json(server.url, photo_png(), 6))
+        text = httpx.get(f"{server.url}/metrics").text
+    assert [r.status_code for r in pixels] == [200] * 5
+    statuses = [r.status_code for r in photos]
+    assert set(statuses) == {200, 503}, statuses
+    busy = [r for r in photos if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "1" and "waiting to be decoded" in r.json()["error"] for r in busy)
+    assert metric_sum(text, "mnist_errors_total", reason="decode_queue_full", status="503") == len(busy)
 
 
 def test_ready_only_after_warm_up(model_env, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
@@ -16,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from service import codecs
 from service.batching import Batcher
+from service.decoding import ImageDecoder
 from service.dependencies import get_batcher, require_api_key
 from service.errors import ApiError
 from service.runtime import PROBABILITIES
@@ -115,13 +115,9 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
 
 
 async def _images(request: Request, files: list[bytes]) -> np.ndarray:
-    """Decode and MNIST-normalize image files in a thread (CPU work must not block the event loop), one
-    request at a time per worker (app.state.decoders)."""
-    max_pixels = request.app.state.settings.max_image_pixels
-    return await anyio.to_thread.run_sync(
-        lambda: np.concatenate([codecs.image(data, max_pixels) for data in files]),
-        limiter=request.app.state.decoders,
-    )
+    """Image files -> MNIST-normalized uint8 [n, 28, 28], decoded off the event loop."""
+    decoder: ImageDecoder = request.app.state.decoder
+    return await decoder.decode(files)
 
 
 async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, Any]]:
