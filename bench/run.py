@@ -1,6 +1,6 @@
 """The service benchmark: a real server, bounded load over loopback, one markdown table plus target checks.
 
-    MNIST_DATA_DIR=/work/shared/data/mnist python bench/run.py [--seconds 4]
+    MNIST_DATA_DIR=/work/shared/data/mnist python bench/run.py [--seconds 4] [--trivial-model]
 
 Starts `python -m service` (one worker, then two) on 127.0.0.1 and drives it with wrk (bench/loadgen.py)
 using real MNIST test digits: single JSON /predict, single PNG /predict (dark ink on light paper), and
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import orjson
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,9 +131,39 @@ def target(ok: bool, text: str) -> str:
     return f"- {'PASS' if ok else 'FAIL'}: {text}"
 
 
+def trivial_model(path: Path) -> Path:
+    """A model under the same contract that does no work: logits = the first 10 pixels, probabilities = their
+    softmax. Served in place of LeNet-5 it shows what everything around the compute costs."""
+    index = {"starts": 0, "ends": 10, "axes": 1}
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+            helper.make_node("Slice", ["flat", *index], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "trivial",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 10])
+            for name in ("logits", "probabilities")
+        ],
+        [numpy_helper.from_array(np.array([value], np.int64), name) for name, value in index.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime builds of opset 17 read
+    helper.set_model_props(model, {"name": "trivial", "version": "0"})
+    onnx.save(model, path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=4, help="per measurement (whole seconds)")
+    parser.add_argument(
+        "--trivial-model",
+        action="store_true",
+        help="serve a model that does no work instead of the shipped one (accuracy is then meaningless)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -140,14 +172,16 @@ def main() -> None:
     settings = Settings(workers=1)
     one: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        with run_server(Path(tmp), workers=1, env=ENV) as server:
+        model_path = trivial_model(Path(tmp) / "trivial.onnx") if args.trivial_model else settings.model_path
+        env = {**ENV, "MNIST_MODEL_PATH": str(model_path)}
+        with run_server(Path(tmp), workers=1, env=env) as server:
             sanity = check(server.url, requests, test.labels)
             for name, request in requests.items():
                 one[name] = measure(server, request, args.seconds, (1, 32))
         compute, compute_cpu = compute_floor(
-            settings.model_path, settings.threads_per_worker, test.images, args.seconds
+            model_path, settings.threads_per_worker, test.images, args.seconds
         )
-        with run_server(Path(tmp), workers=2, env=ENV) as server:
+        with run_server(Path(tmp), workers=2, env=env) as server:
             two_workers = measure(server, requests["json"], args.seconds, (32,))
     two = two_workers.loads[32]
     load_after = os.getloadavg()
@@ -160,7 +194,8 @@ def main() -> None:
         (f"batch of {BATCH}, raw uint8 /predict/batch", "batch_raw", lambda load: load.rate * BATCH),
     ]
     print(
-        f"one worker x {settings.threads_per_worker} onnxruntime threads; wrk 1 thread; {args.seconds} s each"
+        f"model {model_path.name}; one worker x {settings.threads_per_worker} onnxruntime threads; "
+        f"wrk 1 thread; {args.seconds} s each"
     )
     print()
     print(
