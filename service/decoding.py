@@ -35,7 +35,7 @@ class ImageDecoder:
         if self.waiting >= self.max_waiting:
             raise ApiError(
                 503,
-                f"server busy: {self.waiting} image requests waiting to be decoded "
+                f"server busy: image requests waiting to be decoded: {self.waiting} "
                 f"(limit {self.max_waiting}); retry shortly",
                 "decode_queue_full",
                 {"Retry-After": "1"},

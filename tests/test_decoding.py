@@ -79,7 +79,7 @@ async def test_full_queue_answers_503_at_once_and_queued_requests_still_finish()
         assert time.monotonic() - started < 1
         assert (refused.value.status, refused.value.reason) == (503, "decode_queue_full")
         assert refused.value.headers == {"Retry-After": "1"}
-        assert "1 image requests waiting" in refused.value.message
+        assert "waiting to be decoded: 1 (limit 1)" in refused.value.message
         decoder.go.set()
     assert len(results) == 2 and decoder.waiting == 0
 
