@@ -26,7 +26,7 @@ MIN_DIGIT_PIXELS = 5  # ... and at least this many working pixels
 
 
 def load_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode bytes to an RGB or L image: size checked before decoding, EXIF-oriented, alpha on white."""
+    """Decode bytes to an RGB or L image: size checked before decoding, EXIF-oriented, alpha flattened."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
@@ -50,8 +50,6 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
         image.load()  # first frame of an animation
         image = ImageOps.exif_transpose(image)
         return _flatten(image)
-    except ApiError:
-        raise
     except Exception:
         raise _corrupt() from None
 
@@ -65,7 +63,8 @@ def _corrupt() -> ApiError:
 
 
 def _flatten(image: Image.Image) -> Image.Image:
-    """One frame as L or RGB; transparent pixels become white paper (canvas exports hide black RGB there)."""
+    """One frame as L or RGB; transparent pixels become paper (canvas exports hide black RGB there): white,
+    or black behind light strokes (_backdrop)."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit/float TIFF: stretch to 8 bits
         values = np.asarray(image.convert("F"), dtype=np.float32)
         low, high = float(values.min()), float(values.max())
@@ -194,8 +193,8 @@ def _paper_lines(mask: np.ndarray) -> np.ndarray:
     return ((horizontal >= long_run) & (vertical <= thin)) | ((vertical >= long_run) & (horizontal <= thin))
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components via horizontal runs: (label per ink pixel in row-major order, run lengths)."""
+def _components(mask: np.ndarray) -> np.ndarray:
+    """8-connected components via horizontal runs: a label per ink pixel, in row-major order."""
     rows, starts, ends = _runs(mask)
     key = mask.shape[1] + 2
     start_keys = rows * key + starts
@@ -215,21 +214,15 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if np.array_equal(jumped, labels) and np.array_equal(labels[a], labels[b]):
             break
         labels = jumped
-    lengths = ends - starts
-    return np.repeat(labels, lengths), lengths
+    return np.repeat(labels, ends - starts)
 
 
 def _digit_components(mask: np.ndarray) -> np.ndarray:
     """The largest component and sizeable ones near it (broken strokes); specks and far blobs go."""
-    labels = np.zeros(mask.shape, dtype=np.int64)
     if not mask.any():
         raise _no_digit()
-    pixel_labels, _ = _components(mask)
-    labels[mask] = pixel_labels + 1
-    ids, areas = np.unique(pixel_labels + 1, return_counts=True)
-    rows, cols = np.nonzero(mask)
-    flat = labels[mask]
-    index = np.searchsorted(ids, flat)
+    ids, index, areas = np.unique(_components(mask), return_inverse=True, return_counts=True)
+    rows, cols = np.nonzero(mask)  # row-major, like the labels
     top = np.full(len(ids), mask.shape[0])
     left = np.full(len(ids), mask.shape[1])
     bottom = np.zeros(len(ids), dtype=np.int64)
@@ -248,7 +241,9 @@ def _digit_components(mask: np.ndarray) -> np.ndarray:
     keep = (areas >= 0.08 * areas[main]) & near
     if areas[keep].sum() < 0.5 * areas.sum():  # ink scattered everywhere: noise or texture, not a digit
         raise _no_digit()
-    return np.isin(labels, ids[keep])
+    digit = np.zeros(mask.shape, dtype=bool)
+    digit[mask] = keep[index]
+    return digit
 
 
 def _crop(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
