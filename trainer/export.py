@@ -79,14 +79,19 @@ class Verification:
     accuracy: float
 
 
-def verify(path: Path, deployable: Deployable, split: Split) -> Verification:
-    """onnx.checker; onnxruntime vs torch on the whole split (>= 1000 images); accuracy via onnxruntime."""
+def torch_probabilities(deployable: Deployable, images: np.ndarray) -> np.ndarray:
+    """The reference an exported file must match: the torch model's calibrated probabilities [N,10]."""
+    logits = predict_logits(deployable.model, images, torch.device("cpu"))
+    return torch.softmax(logits / deployable.temperature, dim=1).numpy()
+
+
+def verify(path: Path, expected: np.ndarray, split: Split) -> Verification:
+    """onnx.checker; onnxruntime vs the torch probabilities `expected` for the whole split (>= 1000 images);
+    accuracy via onnxruntime."""
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     if len(split.labels) < MIN_COMPARED:
         raise ValueError(f"need at least {MIN_COMPARED} images to compare onnxruntime with torch")
     outputs = run_onnx(path, split.images)
-    logits = predict_logits(deployable.model, split.images, torch.device("cpu"))
-    expected = torch.softmax(logits / deployable.temperature, dim=1).numpy()
     diff = float(np.abs(outputs[PROBABILITIES] - expected).max())
     if diff > MAX_ABS_DIFF:
         raise RuntimeError(
