@@ -38,7 +38,7 @@ from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.liveserver import LiveServer, run_server  # noqa: E402
-from trainer.data import load_mnist  # noqa: E402
+from trainer.data import load_test  # noqa: E402
 
 BATCH = 256
 
@@ -167,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     load_before = os.getloadavg()
-    test = load_mnist().test
+    test = load_test()
     requests = workloads(test.images)
     settings = Settings(workers=1)
     one: dict[str, Measured] = {}

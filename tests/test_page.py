@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import require_program
 from tests.liveserver import LiveServer
-from trainer.data import load_mnist
+from trainer.data import load_test
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -231,7 +231,7 @@ def photo_of(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def test_uploaded_photo_is_recognised(page: Page, mnist_dir: Path, tmp_path: Path) -> None:
-    test = load_mnist(mnist_dir).test
+    test = load_test(mnist_dir)
     rng = np.random.default_rng(5)
     for index in (0, 1, 2):
         label = int(test.labels[index])

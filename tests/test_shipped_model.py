@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from trainer.data import load_mnist
+from trainer.data import load_test
 from trainer.export import PROBABILITIES, run_onnx
 from trainer.report import sha256_file
 
@@ -22,7 +22,7 @@ def test_sha256_matches_card() -> None:
 
 def test_test_accuracy_through_onnxruntime(mnist_dir: Path) -> None:
     card = json.loads((MODELS / "lenet5.json").read_text())
-    test = load_mnist(mnist_dir).test
+    test = load_test(mnist_dir)
     predicted = run_onnx(MODELS / "lenet5.onnx", test.images)[PROBABILITIES].argmax(1)
     correct = int((predicted == test.labels).sum())
     accuracy = correct / len(test.labels)
