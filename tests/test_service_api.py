@@ -15,15 +15,10 @@ from PIL import Image, ImageDraw
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service_model import NAME, TEST_ACCURACY, VERSION, build_model
+from tests.service_model import NAME, TEST_ACCURACY, VERSION
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (5, 28, 28))
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("model") / "lenet5.onnx")
 
 
 def started(app) -> TestClient:

@@ -18,11 +18,6 @@ from tests.service_model import NAME, VERSION, build_model
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("model") / "lenet5.onnx")
-
-
-@pytest.fixture(scope="module")
 def runtime(model_path: Path) -> ModelRuntime:
     return ModelRuntime(model_path, "cpu")
 

@@ -16,15 +16,13 @@ from PIL import Image
 
 from service.settings import cores
 from tests.liveserver import start_server, stop
-from tests.service_model import build_model
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
 
 @pytest.fixture(scope="module")
-def model_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    path = build_model(tmp_path_factory.mktemp("model") / "lenet5.onnx")
-    return {"MNIST_MODEL_PATH": str(path), "MNIST_PROVIDERS": "cpu"}
+def model_env(model_path: Path) -> dict[str, str]:
+    return {"MNIST_MODEL_PATH": str(model_path), "MNIST_PROVIDERS": "cpu"}
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -35,14 +33,6 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
             total += float(value)
     return total
-
-
-def wait_for_warm_workers(log: Path, workers: int, timeout: float = 60) -> None:
-    """/readyz answered by one worker says nothing about the other: wait for every worker's warm-up line."""
-    deadline = time.monotonic() + timeout
-    while log.read_text().count("warmed up batch sizes") < workers:
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
 
 
 async def burst(url: str, n: int, path: str = "/predict") -> list[httpx.Response]:
@@ -60,7 +50,6 @@ def test_two_workers_batch_concurrent_requests_and_share_metrics(
     (metrics_dir / "counter_99999.db").write_bytes(b"left over from an earlier run")
     env = {**model_env, "MNIST_MAX_BATCH_WAIT_MS": "20", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with server_factory(workers=2, env=env) as server:
-        wait_for_warm_workers(server.log, 2)
         responses = asyncio.run(burst(server.url, 64))
         assert [r.status_code for r in responses] == [200] * 64
         singles = [httpx.post(f"{server.url}/predict", json={"pixels": p}).json() for p in PIXELS[:8]]
