@@ -1,4 +1,5 @@
-"""Shared fixtures: the MNIST folder, system programs the suite drives, and real server processes."""
+"""Shared fixtures: the MNIST folder, system programs the suite drives, the test model, and real server
+processes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.liveserver import LiveServer, run_server
+from tests.service_model import build_model
+from trainer.data import FILES, find_file
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -31,14 +34,21 @@ def require_program(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The four MNIST idx files, from MNIST_DATA_DIR (CI sets it; nothing is downloaded in tests)."""
+    """The four MNIST idx files, from MNIST_DATA_DIR (CI sets it). All four must be there: the loader would
+    download a missing one, and nothing is downloaded in tests."""
     value = os.environ.get("MNIST_DATA_DIR")
-    if not value or not Path(value).is_dir():
-        message = "set MNIST_DATA_DIR to a folder with the four MNIST idx files"
+    if not value or not all(find_file(Path(value), stem) for stem in FILES):
+        message = "set MNIST_DATA_DIR to a folder with the four MNIST idx files (.gz or raw)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small contract-honouring test model (tests/service_model.py), built once per session."""
+    return build_model(tmp_path_factory.mktemp("model") / "lenet5.onnx")
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,8 @@ def parse_idx(raw: bytes, *, magic: int, count: int, shape: tuple[int, ...], nam
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(count, *shape).copy()
 
 
-def _find(data_dir: Path, stem: str) -> Path | None:
+def find_file(data_dir: Path, stem: str) -> Path | None:
+    """`<stem>.gz` or `<stem>` in data_dir, if either is there."""
     for candidate in (data_dir / f"{stem}.gz", data_dir / stem):
         if candidate.is_file():
             return candidate
@@ -130,7 +131,7 @@ def _load_pair(data_dir: Path, prefix: str, count: int, mirrors: tuple[str, ...]
     layouts = (("images-idx3", IMAGES_MAGIC, (ROWS, COLS)), ("labels-idx1", LABELS_MAGIC, ()))
     for kind, magic, shape in layouts:
         stem = f"{prefix}-{kind}-ubyte"
-        path = _find(data_dir, stem) or download(data_dir, stem, mirrors)
+        path = find_file(data_dir, stem) or download(data_dir, stem, mirrors)
         raw = _read_bytes(path)
         arrays.append(parse_idx(raw, magic=magic, count=count, shape=shape, name=str(path)))
         digests[stem] = hashlib.sha256(raw).hexdigest()
