@@ -144,7 +144,8 @@ class ModelRuntime:
         return self.item_shape[-2:]
 
     def from_pixels(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images [n, h, w] (0..255, MNIST convention) -> model input [n, *item_shape] in [0, 1]."""
+        """uint8 images [n, ...] of h*w values each (0..255, MNIST convention) -> model input
+        [n, *item_shape] in [0, 1]."""
         return np.divide(images, 255, dtype=self.input.dtype).reshape(len(images), *self.item_shape)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -43,9 +43,9 @@ def test_temperature_recovers_a_known_overconfidence() -> None:
 
 def test_ece_zero_when_confidence_matches_accuracy() -> None:
     probabilities = np.full((10, 10), 0.05)
-    probabilities[:, 0] = 0.55  # 55 % confident, right on 11 of 20 -> calibrated
+    probabilities[:, 0] = 0.55
     labels = np.zeros(10, dtype=np.int64)
-    assert expected_calibration_error(probabilities, labels) == pytest.approx(0.45)
-    both = np.concatenate([probabilities, probabilities])
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(0.45)  # 55 % sure, all right
+    both = np.concatenate([probabilities, probabilities])  # 55 % confident, right on 11 of 20 -> calibrated
     half_right = np.concatenate([np.zeros(11, dtype=np.int64), np.ones(9, dtype=np.int64)])
     assert expected_calibration_error(both, half_right) == pytest.approx(0.0)

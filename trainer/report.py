@@ -1,4 +1,4 @@
-"""The model card (models/lenet5.json) and its plots, computed from onnxruntime outputs on the test set."""
+"""The model card (models/lenet5.json) and its plots; the test-set figures come from onnxruntime outputs."""
 
 from __future__ import annotations
 

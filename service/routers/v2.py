@@ -124,8 +124,8 @@ async def model_metadata(model: ModelDep) -> dict[str, Any]:
 async def infer(
     request: Request, model: ModelDep, batcher: Annotated[Batcher, Depends(get_batcher)]
 ) -> Response:
-    """Inference on a batch of images: FP32 [N, 1, 28, 28] in [0, 1], or UINT8 0..255 as [N, 784] or
-    [N, 1, 28, 28]; JSON or binary tensors in and out."""
+    """Inference on a batch of images: FP32 in [0, 1] or UINT8 0..255, shaped [N, 1, 28, 28] or [N, 784];
+    JSON or binary tensors in and out."""
     spec = signature(model)
     body = await request.body()
     if len(body) <= INLINE_PARSE_BYTES:
