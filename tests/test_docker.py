@@ -67,11 +67,11 @@ def image(engine: dict[str, str]) -> str:
     return build(engine, IMAGE, "--build-arg", "VARIANT=cpu")
 
 
-def start_container(env: dict[str, str], *options: str) -> tuple[str, str]:
+def start_container(env: dict[str, str], *options: str, image: str = IMAGE) -> tuple[str, str]:
     """`docker run -d` the image published on a free 127.0.0.1 port; (container id, base url)."""
     port = free_port()
     container = run(
-        ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s", *options, IMAGE],
+        ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "--health-interval", "2s", *options, image],
         env,
         timeout=60,
     )
@@ -216,25 +216,9 @@ def test_gpu_image_uses_cuda_where_it_can(engine: dict[str, str]) -> None:
     run([str(CI_SCRIPTS / "wheelhouse.sh"), "gpu"], engine, timeout=1800)
     gpu_image = build(engine, "mnist-serve:gpu")
     has_gpu = "nvidia" in run(["docker", "info", "-f", "{{json .Runtimes}}"], engine, timeout=30)
-    port = free_port()
-    container = run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "-p",
-            f"127.0.0.1:{port}:8000",
-            "--health-interval",
-            "2s",
-            *(["--gpus", "all"] if has_gpu else []),
-            gpu_image,
-        ],
-        engine,
-        timeout=60,
-    )
+    container, url = start_container(engine, *(["--gpus", "all"] if has_gpu else []), image=gpu_image)
     try:
         wait_healthy(engine, container)
-        url = f"http://127.0.0.1:{port}"
         assert httpx.post(f"{url}/predict", json={"pixels": one_digit()}, timeout=10).status_code == 200
         if has_gpu:
             assert serving_provider(url) == "CUDAExecutionProvider"
