@@ -15,7 +15,6 @@ other load on the machine disturbs far less than throughput. About 75 s with the
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.liveserver import LiveServer, run_server  # noqa: E402
+from tests.realistic import encode  # noqa: E402
 from trainer.data import load_test  # noqa: E402
 
 BATCH = 256
@@ -54,13 +54,12 @@ ENV = {"MNIST_MAX_QUEUE": str(32 * BATCH)}
 
 def workloads(images: np.ndarray) -> dict[str, Request]:
     """The workloads, from real test digits (uint8 [n, 28, 28], white ink on black)."""
-    png = io.BytesIO()
-    Image.fromarray(255 - images[0]).save(png, "PNG")  # as a scan would be: dark ink on light paper
+    png = encode(Image.fromarray(255 - images[0]), "PNG")  # as a scan would be: dark ink on light paper
     batch = images[:BATCH]
     return {
         "floor": Request("/healthz"),
         "json": Request("/predict", orjson.dumps({"pixels": images[0].tolist()}), "application/json"),
-        "png": Request("/predict", png.getvalue(), "image/png"),
+        "png": Request("/predict", png, "image/png"),
         "batch_json": Request(
             "/predict/batch", orjson.dumps({"instances": batch.tolist()}), "application/json"
         ),

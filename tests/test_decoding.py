@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
@@ -13,6 +12,7 @@ from PIL import Image
 
 from service.decoding import ImageDecoder
 from service.errors import ApiError
+from tests.realistic import encode
 
 
 @pytest.fixture
@@ -25,9 +25,7 @@ def png(digit_box: tuple[int, int, int, int] = (40, 20, 60, 80)) -> bytes:
     pixels = np.full((100, 100), 230, np.uint8)
     left, top, right, bottom = digit_box
     pixels[top:bottom, left:right] = 20
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "PNG")
-    return out.getvalue()
+    return encode(Image.fromarray(pixels), "PNG")
 
 
 class HeldDecoder(ImageDecoder):

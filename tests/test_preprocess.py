@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from pathlib import Path
@@ -171,9 +170,7 @@ def test_animated_gif_uses_the_first_frame() -> None:
     first.paste(0, (45, 20, 55, 80))  # a vertical bar
     second = Image.new("L", (100, 100), 255)
     second.paste(0, (20, 45, 80, 55))  # a horizontal bar
-    out = io.BytesIO()
-    first.save(out, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
-    digit = process(out.getvalue())
+    digit = process(encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0))
     rows = np.flatnonzero(digit.max(axis=1))
     cols = np.flatnonzero(digit.max(axis=0))
     assert rows[-1] - rows[0] > cols[-1] - cols[0]  # tall: the first frame

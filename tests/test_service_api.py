@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from service.app import create_app
 from service.settings import Settings
+from tests.realistic import encode
 from tests.service_model import NAME, TEST_ACCURACY, VERSION
 
 RNG = np.random.default_rng(0)
@@ -52,9 +52,7 @@ def digit_png(size: tuple[int, int] = (200, 260), fmt: str = "PNG") -> bytes:
     draw.line(
         [(0.25 * w, 0.2 * h), (0.75 * w, 0.2 * h), (0.45 * w, 0.85 * h)], fill=(30, 30, 40), width=w // 12
     )
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
+    return encode(image, fmt)
 
 
 def check_prediction(body: dict) -> None:
@@ -287,18 +285,16 @@ def test_media_types(client: TestClient) -> None:
 
 
 def test_images_that_are_not_digits(client: TestClient) -> None:
-    blank = io.BytesIO()
-    Image.new("L", (100, 100), 255).save(blank, "PNG")
+    blank = encode(Image.new("L", (100, 100), 255), "PNG")
     error(
-        client.post("/predict", content=blank.getvalue(), headers={"content-type": "image/png"}),
+        client.post("/predict", content=blank, headers={"content-type": "image/png"}),
         422,
         "no digit found",
     )
     error(client.post("/predict", content=digit_png()[:200], headers={"content-type": "image/png"}), 422)
-    bomb = io.BytesIO()
-    Image.new("1", (5000, 5000), 1).save(bomb, "PNG")  # 25 MP in a few kB: refused before decoding
-    assert len(bomb.getvalue()) < 64 * 1024
-    error(client.post("/predict", content=bomb.getvalue(), headers={"content-type": "image/png"}), 413)
+    bomb = encode(Image.new("1", (5000, 5000), 1), "PNG")  # 25 MP in a few kB: refused before decoding
+    assert len(bomb) < 64 * 1024
+    error(client.post("/predict", content=bomb, headers={"content-type": "image/png"}), 413)
 
 
 def test_body_limit_with_and_without_content_length(client: TestClient) -> None:

@@ -4,7 +4,6 @@ readiness, and refusing to start when CUDA is demanded but not active."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from service.settings import cores
 from tests.liveserver import start_server, stop
+from tests.realistic import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
@@ -96,9 +96,7 @@ def photo_png() -> bytes:
     """A 6000x6000 PNG (a 36-Mpx photo of a "1"): slow to decode and normalize, so requests queue."""
     pixels = np.full((6000, 6000), 230, np.uint8)
     pixels[1500:4500, 2800:3200] = 20
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "PNG", compress_level=1)
-    return out.getvalue()
+    return encode(Image.fromarray(pixels), "PNG", compress_level=1)
 
 
 Responses = list[httpx.Response]
