@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,20 +21,16 @@ sys.path.insert(0, str(ROOT))
 
 from service.errors import ApiError  # noqa: E402
 from service.preprocess import load_image, to_mnist  # noqa: E402
+from service.runtime import PROBABILITIES, ModelRuntime  # noqa: E402
+from service.settings import Settings, cores  # noqa: E402
 from tests.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
 
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = Settings().max_image_pixels
 
 
-def predict(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
-    """Digits for uint8 [n, 28, 28] MNIST-convention images."""
-    x = (images.astype(np.float32) / 255)[:, None]
-    return np.concatenate(
-        [
-            session.run(["probabilities"], {"image": x[i : i + 512]})[0].argmax(1)
-            for i in range(0, len(x), 512)
-        ]
-    )
+def predict(runtime: ModelRuntime, images: np.ndarray) -> np.ndarray:
+    """Digits for uint8 [n, 28, 28] MNIST-convention images, scaled and run as the service does."""
+    return runtime.run(runtime.from_pixels(images))[PROBABILITIES].argmax(1)
 
 
 def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -62,24 +57,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    runtime = ModelRuntime(args.model, "cpu", cores())
     images, labels = mnist_test(args.data)
     rows = []
-    raw = float((predict(session, images) == labels).mean())
+    raw = float((predict(runtime, images) == labels).mean())
     rows.append(("MNIST test, raw pixels", len(images), raw, 1.0, 0.0))
     files = [encode(Image.fromarray(image), "PNG") for image in images]
     done, ok, ms = through_pipeline(files)
-    baseline = float((predict(session, done) == labels)[ok].sum() / len(labels))
+    baseline = float((predict(runtime, done) == labels)[ok].sum() / len(labels))
     rows.append(("MNIST test, PNG through pipeline", len(images), baseline, float(ok.mean()), ms))
     for kind in KINDS:
         pairs = list(generate(kind, images, labels, args.per_kind, args.seed))
         done, ok, ms = through_pipeline([data for data, _ in pairs])
         truth = np.array([label for _, label in pairs])
-        accuracy = float(((predict(session, done) == truth) & ok).mean())
+        accuracy = float(((predict(runtime, done) == truth) & ok).mean())
         rows.append((kind, len(pairs), accuracy, float(ok.mean()), ms))
 
     print(
-        f"model {args.model.name} version {session.get_modelmeta().custom_metadata_map.get('version', '?')}; "
+        f"model {args.model.name} version {runtime.version}; "
         f"{args.per_kind} images per kind (seed {args.seed}); "
         "a file with no digit found counts as wrong"
     )
