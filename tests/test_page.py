@@ -15,10 +15,10 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import require_program
-from tests.liveserver import LiveServer
+from tests.liveserver import ROOT, LiveServer
 from trainer.data import load_test
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -13,9 +13,9 @@ from PIL import Image
 
 from service.errors import ApiError
 from service.preprocess import load_image, to_mnist
+from tests.liveserver import ROOT
 from tests.realistic import KINDS, encode, finish, generate, mnist_test, paper, specks
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 40_000_000
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import onnx
 
+from tests.liveserver import ROOT
 from trainer.data import load_test
 from trainer.export import PROBABILITIES, run_onnx
 from trainer.report import sha256_file
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = ROOT / "models"
 TARGET = 0.995  # on the MNIST test set, through onnxruntime
 
 
