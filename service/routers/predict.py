@@ -21,7 +21,6 @@ from service.errors import ApiError
 from service.runtime import PROBABILITIES
 
 router = APIRouter(tags=["predict"])
-LARGE_JSON = 256 * 1024
 
 
 class ModelRef(BaseModel):
@@ -171,10 +170,10 @@ async def predict_batch(request: Request) -> Response:
     shape = batcher.runtime.image_shape
     if media_type == "application/json":
         body = await request.body()
-        if len(body) > LARGE_JSON:  # decoding megabytes takes milliseconds: keep the event loop free
-            images = await run_in_threadpool(codecs.batch_json, body, shape, settings.max_batch_items)
-        else:
+        if len(body) <= codecs.INLINE_PARSE_BYTES:
             images = codecs.batch_json(body, shape, settings.max_batch_items)
+        else:
+            images = await run_in_threadpool(codecs.batch_json, body, shape, settings.max_batch_items)
     elif media_type == "multipart/form-data":
         files = await _files(request, "files", settings.max_batch_items)
         images = await _images(request, files)

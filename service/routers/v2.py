@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from service.batching import Batcher
+from service.codecs import INLINE_PARSE_BYTES
 from service.dependencies import get_batcher, get_runtime, require_api_key, served_model
 from service.errors import ApiError
 from service.runtime import ModelRuntime
@@ -31,8 +32,6 @@ router = APIRouter(prefix="/v2", tags=["KServe V2"])
 
 SERVER_NAME = "mnist-serving"
 PLATFORM = "onnxruntime_onnx"
-# Bodies up to this size parse in about as long as a threadpool hop takes (~0.1-0.3 ms): parse inline.
-INLINE_PARSE_BYTES = 16 * 1024
 AUTH = [Depends(require_api_key)]  # like /predict; health and metadata stay open for probes
 INFER_DOC = {
     "requestBody": {
