@@ -19,8 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.errors import ApiError  # noqa: E402
-from service.preprocess import load_image, to_mnist  # noqa: E402
+from service.preprocess import ImageError, load_image, to_mnist  # noqa: E402
 from service.runtime import PROBABILITIES, ModelRuntime  # noqa: E402
 from service.settings import Settings, cores  # noqa: E402
 from tests.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
@@ -42,7 +41,7 @@ def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]
         try:
             out[i] = to_mnist(load_image(data, MAX_PIXELS))
             ok[i] = True
-        except ApiError:
+        except ImageError:
             pass
     return out, ok, (time.perf_counter() - start) * 1000 / max(1, len(files))
 

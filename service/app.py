@@ -16,22 +16,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service import errors, metrics
 from service.batching import Batcher
 from service.decoding import ImageDecoder
-from service.errors import ApiError
+from service.errors import ApiError, Internal, Invalid, Reason, TooLarge
 from service.routers import health, page, predict, v2
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger("service")
 
-HTTP_REASONS = {404: "not_found", 405: "method_not_allowed"}
-
-
 def error_response(exc: ApiError) -> JSONResponse:
     """`{"error": message}` with the status and headers, counted by reason."""
-    metrics.ERRORS.labels(exc.reason, str(exc.status)).inc()
+    metrics.ERRORS.labels(exc.reason.value, str(exc.status)).inc()
     return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
 
 
@@ -40,20 +37,19 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    reason = HTTP_REASONS.get(exc.status_code, "http")
-    return error_response(ApiError(exc.status_code, str(exc.detail), reason, dict(exc.headers or {})))
+    return error_response(errors.from_status(exc.status_code, str(exc.detail), dict(exc.headers or {})))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = "; ".join(
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
     )
-    return error_response(ApiError(422, problems or "invalid request", "validation"))
+    return error_response(Invalid(problems or "invalid request", Reason.VALIDATION))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(ApiError(500, "internal server error", "internal"))
+    return error_response(Internal("internal server error", Reason.INTERNAL))
 
 
 class BodyLimit:
@@ -63,8 +59,8 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> ApiError:
-        return ApiError(413, f"request body exceeds {self.max_bytes} bytes", "body_too_large")
+    def _too_large(self) -> TooLarge:
+        return TooLarge(f"request body exceeds {self.max_bytes} bytes", Reason.BODY_TOO_LARGE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

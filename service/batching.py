@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.errors import ApiError
+from service.errors import Busy, Invalid, Reason, Timeout
 from service.runtime import PROBABILITIES, ModelRuntime
 
 
@@ -75,8 +75,8 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     @staticmethod
-    def _shutting_down() -> ApiError:
-        return ApiError(503, "server is shutting down; retry shortly", "shutdown", {"Retry-After": "1"})
+    def _shutting_down() -> Busy:
+        return Busy("server is shutting down; retry shortly", Reason.SHUTDOWN)
 
     @staticmethod
     def _fail(items: Iterable[_Pending], exc: BaseException) -> None:
@@ -88,13 +88,11 @@ class Batcher:
         """Outputs for `x` [k, *item_shape]; inputs above max_batch_size run as several batches."""
         k = len(x)
         if not k:
-            raise ApiError(422, "no images to predict", "empty_batch")
+            raise Invalid("no images to predict", Reason.EMPTY_BATCH)
         if self._queued + k > self.max_queue:
-            raise ApiError(
-                503,
+            raise Busy(
                 f"server busy: {self._queued} images queued (limit {self.max_queue}); retry shortly",
-                "queue_full",
-                {"Retry-After": "1"},
+                Reason.QUEUE_FULL,
             )
         loop = asyncio.get_running_loop()
         futures = []
@@ -119,9 +117,7 @@ class Batcher:
         """The per-request deadline: the caller stops waiting; queued parts are skipped, not run."""
         for future in futures:
             if not future.done():
-                future.set_exception(
-                    ApiError(504, f"inference did not finish within {self.timeout_s:g} s", "timeout")
-                )
+                future.set_exception(Timeout(f"inference did not finish within {self.timeout_s:g} s"))
 
     def _take(self) -> list[_Pending]:
         """Whole queued parts up to max_batch_size images; parts whose caller gave up are dropped."""

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import ApiError
-from service.preprocess import load_image, to_mnist
+from service import preprocess
+from service.errors import ApiError, Invalid, Reason, TooLarge, Unsupported
 
 PIXEL_RULE = "pixels are integers 0..255"
 # Bodies up to this size decode in about as long as a threadpool hop takes (~0.1-0.3 ms; about 8 images of
@@ -21,13 +21,13 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(422, f"body is not valid JSON: {exc}", "invalid_json") from None
+        raise Invalid(f"body is not valid JSON: {exc}", Reason.INVALID_JSON) from None
     return value, b"true" in body or b"false" in body
 
 
 def _field(value: Any, name: str) -> Any:
     if not isinstance(value, dict) or name not in value:
-        raise ApiError(422, f'JSON body must be an object with a "{name}" field', "invalid_json")
+        raise Invalid(f'JSON body must be an object with a "{name}" field', Reason.INVALID_JSON)
     return value[name]
 
 
@@ -61,9 +61,9 @@ def _problem(value: Any, where: str, shape: tuple[int, int]) -> str | None:
     return None
 
 
-def _invalid(value: Any, where: str, shape: tuple[int, int]) -> ApiError:
+def _invalid(value: Any, where: str, shape: tuple[int, int]) -> Invalid:
     message = _problem(value, where, shape) or f"{where} is not a valid image; {PIXEL_RULE}"
-    return ApiError(422, message, "invalid_pixels")
+    return Invalid(message, Reason.INVALID_PIXELS)
 
 
 def _as_pixels(value: Any, shape: tuple[int, int]) -> np.ndarray | None:
@@ -88,7 +88,7 @@ def _as_pixels(value: Any, shape: tuple[int, int]) -> np.ndarray | None:
 def pixels(value: Any, where: str, shape: tuple[int, int], may_have_bools: bool) -> np.ndarray:
     """One pixels value (28x28 nested or 784 flat) as uint8 [1, h, w]."""
     if may_have_bools and (problem := _problem(value, where, shape)):
-        raise ApiError(422, problem, "invalid_pixels")
+        raise Invalid(problem, Reason.INVALID_PIXELS)
     array = _as_pixels(value, shape)
     if array is None:
         raise _invalid(value, where, shape)
@@ -106,7 +106,7 @@ def batch_json(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarra
     value, may_have_bools = parse_json(body)
     instances = _field(value, "instances")
     if not isinstance(instances, list) or not instances:
-        raise ApiError(422, '"instances" must be a non-empty list of pixels', "invalid_pixels")
+        raise Invalid('"instances" must be a non-empty list of pixels', Reason.INVALID_PIXELS)
     check_count(len(instances), max_items)
     return np.concatenate(
         [pixels(item, f"instances[{i}]", shape, may_have_bools) for i, item in enumerate(instances)]
@@ -118,11 +118,10 @@ def batch_raw(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarray
     height, width = shape
     size = height * width
     if not body or len(body) % size:
-        raise ApiError(
-            422,
+        raise Invalid(
             f"octet-stream body of {len(body)} bytes is not a non-zero multiple of {size} "
             f"({height}x{width} uint8 images)",
-            "invalid_pixels",
+            Reason.INVALID_PIXELS,
         )
     check_count(len(body) // size, max_items)
     return np.frombuffer(body, dtype=np.uint8).reshape(-1, height, width)
@@ -133,10 +132,25 @@ def check_count(n: int, max_items: int) -> None:
         raise too_many(str(n), max_items)
 
 
-def too_many(count: str, max_items: int) -> ApiError:
-    return ApiError(413, f"batch of {count} images exceeds the limit of {max_items}", "batch_too_large")
+def too_many(count: str, max_items: int) -> TooLarge:
+    return TooLarge(f"batch of {count} images exceeds the limit of {max_items}", Reason.BATCH_TOO_LARGE)
 
 
 def image(data: bytes, max_pixels: int) -> np.ndarray:
     """An encoded image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [1, 28, 28]."""
-    return to_mnist(load_image(data, max_pixels))[np.newaxis]
+    try:
+        return preprocess.to_mnist(preprocess.load_image(data, max_pixels))[np.newaxis]
+    except preprocess.ImageError as exc:
+        raise image_error(exc) from None
+
+
+def image_error(exc: preprocess.ImageError) -> ApiError:
+    """The image pipeline's refusal as the client sees it."""
+    message = str(exc)
+    if isinstance(exc, preprocess.UnsupportedFormat):
+        return Unsupported(message)
+    if isinstance(exc, preprocess.ImageTooLarge):
+        return TooLarge(message, Reason.IMAGE_TOO_LARGE)
+    if isinstance(exc, preprocess.NoDigitFound):
+        return Invalid(message, Reason.NO_DIGIT)
+    return Invalid(message, Reason.CORRUPT_IMAGE)

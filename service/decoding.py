@@ -6,7 +6,7 @@ import anyio
 import numpy as np
 
 from service import codecs
-from service.errors import ApiError
+from service.errors import Busy, Reason, Timeout
 
 
 class ImageDecoder:
@@ -33,19 +33,15 @@ class ImageDecoder:
     async def decode(self, files: list[bytes]) -> np.ndarray:
         """Encoded image files -> uint8 [len(files), 28, 28], MNIST convention."""
         if self.waiting >= self.max_waiting:
-            raise ApiError(
-                503,
+            raise Busy(
                 f"server busy: image requests waiting to be decoded: {self.waiting} "
                 f"(limit {self.max_waiting}); retry shortly",
-                "decode_queue_full",
-                {"Retry-After": "1"},
+                Reason.DECODE_QUEUE_FULL,
             )
         with anyio.move_on_after(self.timeout_s) as wait:
             await self._turn.acquire()
         if wait.cancelled_caught:
-            raise ApiError(
-                504, f"image decoding did not start within {self.timeout_s:g} s (server busy)", "timeout"
-            )
+            raise Timeout(f"image decoding did not start within {self.timeout_s:g} s (server busy)")
         try:
             return await anyio.to_thread.run_sync(self._decode, files)
         finally:

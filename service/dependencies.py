@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.batching import Batcher
-from service.errors import ApiError
+from service.errors import Busy, NotFound, Reason, Unauthorized
 from service.runtime import ModelRuntime
 
 
 async def get_runtime(request: Request) -> ModelRuntime:
     """The loaded model; 503 while the worker is still loading or warming up."""
     if not request.app.state.ready:
-        raise ApiError(503, "model is loading; retry shortly", "not_ready", {"Retry-After": "1"})
+        raise Busy("model is loading; retry shortly", Reason.NOT_READY)
     return request.app.state.runtime
 
 
@@ -23,7 +23,7 @@ async def served_model(name: str, runtime: Annotated[ModelRuntime, Depends(get_r
     """The loaded model if the path's {name} names it; 404 for any other name, 503 while loading.
     (async: FastAPI would run a plain def in the threadpool, a hop per request.)"""
     if name != runtime.name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {runtime.name!r}", "unknown_model")
+        raise NotFound(f"unknown model {name!r}; this server serves {runtime.name!r}", Reason.UNKNOWN_MODEL)
     return runtime
 
 
@@ -40,9 +40,4 @@ async def require_api_key(request: Request) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     expected = key.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise ApiError(
-            401,
-            "missing or invalid API key (Authorization: Bearer <key>)",
-            "unauthorized",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")

@@ -1,14 +1,126 @@
-"""One error type for everything a client can get wrong: `{"error": "..."}` with the right status."""
+"""The errors a client can get: one class per status, one set of reason labels.
+
+Every refusal is `{"error": "<message>"}` with the status of its class; `reason` is the stable label of the
+`mnist_errors` metric. Raise e.g. `Busy("server busy: ...", Reason.QUEUE_FULL)`: the status, Retry-After and
+the metric label follow from the class and the reason, never from literals at the raise.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import ClassVar
+
+
+class Reason(str, Enum):
+    """Labels of `mnist_errors{reason=...}`; one per distinct cause a client or operator acts on."""
+
+    INVALID_REQUEST = "invalid_request"  # malformed V2 request or query parameter
+    INVALID_JSON = "invalid_json"
+    INVALID_PIXELS = "invalid_pixels"
+    INVALID_MULTIPART = "invalid_multipart"
+    CORRUPT_IMAGE = "corrupt_image"
+    NO_DIGIT = "no_digit"
+    EMPTY_BATCH = "empty_batch"
+    VALIDATION = "validation"  # FastAPI's own parameter validation
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    UNKNOWN_MODEL = "unknown_model"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TOO_LARGE = "body_too_large"
+    BATCH_TOO_LARGE = "batch_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    MODEL_REFUSED = "model_refused"  # a reload candidate failed its checks
+    NOT_READY = "not_ready"
+    QUEUE_FULL = "queue_full"
+    DECODE_QUEUE_FULL = "decode_queue_full"
+    SHUTDOWN = "shutdown"
+    TIMEOUT = "timeout"
+    HTTP = "http"  # any other HTTP status Starlette raises
+    INTERNAL = "internal"
+
 
 class ApiError(Exception):
-    """A request the service refuses; `reason` is a short stable label for the errors metric."""
+    """A request the service refuses. Subclasses fix the status; `headers` adds response headers."""
 
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None) -> None:
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, reason: Reason, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
         self.reason = reason
         self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+    def __init__(self, message: str, reason: Reason = Reason.UNAUTHORIZED) -> None:
+        super().__init__(message, reason, {"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+
+
+class TooLarge(ApiError):
+    status = 413
+
+
+class Unsupported(ApiError):
+    status = 415
+
+    def __init__(self, message: str, reason: Reason = Reason.UNSUPPORTED_MEDIA_TYPE) -> None:
+        super().__init__(message, reason)
+
+
+class Invalid(ApiError):
+    status = 422
+
+
+class Busy(ApiError):
+    """503: the client should come back; Retry-After says when."""
+
+    status = 503
+
+    def __init__(self, message: str, reason: Reason, retry_after_s: int = 1) -> None:
+        super().__init__(message, reason, {"Retry-After": str(retry_after_s)})
+
+
+class Timeout(ApiError):
+    status = 504
+
+    def __init__(self, message: str, reason: Reason = Reason.TIMEOUT) -> None:
+        super().__init__(message, reason)
+
+
+class Internal(ApiError):
+    status = 500
+
+
+BY_STATUS: dict[int, type[ApiError]] = {
+    cls.status: cls
+    for cls in (BadRequest, Forbidden, NotFound, MethodNotAllowed, TooLarge, Invalid, Internal)
+}
+
+
+def from_status(status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
+    """An HTTP error raised by Starlette/FastAPI (404 route, 405 method, ...) in our vocabulary."""
+    reason = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED}.get(status, Reason.HTTP)
+    error = BY_STATUS.get(status, ApiError)(message, reason, headers)
+    if type(error) is ApiError:  # a status without its own class keeps the one Starlette chose
+        error.status = status  # type: ignore[misc]
+    return error

@@ -14,7 +14,26 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import ApiError
+
+class ImageError(ValueError):
+    """An upload the pipeline cannot use. No HTTP here: service/codecs.py maps each kind to its status."""
+
+
+class UnsupportedFormat(ImageError):
+    pass
+
+
+class ImageTooLarge(ImageError):
+    pass
+
+
+class CorruptImage(ImageError):
+    pass
+
+
+class NoDigitFound(ImageError):
+    pass
+
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 WORK_SIDE = 512  # working resolution: keeps a small digit in a phone photo legible, and processing fast
@@ -32,9 +51,7 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ApiError(
-            415, "unsupported image format: send PNG, JPEG, BMP, GIF, WebP or TIFF", "unsupported_media_type"
-        ) from None
+        raise UnsupportedFormat("unsupported image format: send PNG, JPEG, BMP, GIF, WebP or TIFF") from None
     except Image.DecompressionBombError:
         raise _too_large(max_pixels) from None
     except Exception:  # any failure parsing untrusted bytes is the client's corrupt image, never a 500
@@ -54,12 +71,12 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
         raise _corrupt() from None
 
 
-def _too_large(max_pixels: int) -> ApiError:
-    return ApiError(413, f"image too large: more than {max_pixels} pixels", "image_too_large")
+def _too_large(max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(f"image too large: more than {max_pixels} pixels")
 
 
-def _corrupt() -> ApiError:
-    return ApiError(422, "image could not be decoded: corrupt or truncated file", "corrupt_image")
+def _corrupt() -> CorruptImage:
+    return CorruptImage("image could not be decoded: corrupt or truncated file")
 
 
 def _flatten(image: Image.Image) -> Image.Image:
@@ -89,7 +106,7 @@ def _backdrop(rgba: Image.Image) -> tuple[int, int, int, int]:
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
-    """uint8 (28, 28), white ink on black, centred like MNIST; ApiError 422 when no digit is found."""
+    """uint8 (28, 28), white ink on black, centred like MNIST; NoDigitFound when there is none."""
     gray = image.convert("L")
     scale = WORK_SIDE / max(gray.size)
     if scale < 1:
@@ -100,8 +117,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     return _center(_crop(ink, mask))
 
 
-def _no_digit() -> ApiError:
-    return ApiError(422, "no digit found", "no_digit")
+def _no_digit() -> NoDigitFound:
+    return NoDigitFound("no digit found")
 
 
 def _ink_map(gray: Image.Image) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from service.codecs import check_count
-from service.errors import ApiError
+from service.errors import BadRequest, Reason, TooLarge, Unsupported
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -69,8 +69,8 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...]
 
 
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message, "invalid_request")
+def bad_request(message: str) -> BadRequest:
+    return BadRequest(message, Reason.INVALID_REQUEST)
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
@@ -82,14 +82,14 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     wbits = _INFLATE_WBITS.get(name)
     if wbits is None:
         message = f"Content-Encoding {_short(encoding)} is not supported; use gzip, deflate or none"
-        raise ApiError(415, message, "unsupported_media_type")
+        raise Unsupported(message)
     inflater = zlib.decompressobj(wbits)
     try:
         data = inflater.decompress(body, max_bytes + 1)
     except zlib.error as exc:
         raise bad_request(f"body is not valid {name} data ({exc})") from None
     if len(data) > max_bytes:
-        raise ApiError(413, f"decompressed body exceeds the limit of {max_bytes} bytes", "body_too_large")
+        raise TooLarge(f"decompressed body exceeds the limit of {max_bytes} bytes", Reason.BODY_TOO_LARGE)
     if not inflater.eof:
         raise bad_request(f"{name} body is truncated")
     return data

@@ -17,7 +17,7 @@ from service import codecs
 from service.batching import Batcher
 from service.decoding import ImageDecoder
 from service.dependencies import get_batcher, require_api_key
-from service.errors import ApiError
+from service.errors import ApiError, Invalid, Reason, Unsupported
 from service.runtime import PROBABILITIES
 
 router = APIRouter(tags=["predict"])
@@ -83,7 +83,7 @@ def _flag(value: str, name: str) -> bool:
         return True
     if value.lower() in {"0", "false", "no", "off"}:
         return False
-    raise ApiError(422, f"query parameter {name} must be true or false, got {value!r}", "validation")
+    raise Invalid(f"query parameter {name} must be true or false, got {value!r}", Reason.VALIDATION)
 
 
 def _media_type(request: Request) -> str:
@@ -91,8 +91,7 @@ def _media_type(request: Request) -> str:
 
 
 def _unsupported(media_type: str, accepted: str) -> ApiError:
-    message = f"unsupported content type {media_type or '(none)'!r}; send {accepted}"
-    return ApiError(415, message, "unsupported_media")
+    return Unsupported(f"unsupported content type {media_type or '(none)'!r}; send {accepted}")
 
 
 async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
@@ -102,11 +101,11 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
     except HTTPException as exc:  # Starlette reports malformed or oversized multipart bodies this way
         if str(exc.detail).startswith("Too many files"):
             raise codecs.too_many(f"more than {max_items}", max_items) from None
-        raise ApiError(422, f"invalid multipart body: {exc.detail}", "invalid_multipart") from None
+        raise Invalid(f"invalid multipart body: {exc.detail}", Reason.INVALID_MULTIPART) from None
     try:
         uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
         if not uploads:
-            raise ApiError(422, f"multipart body has no file field {field!r}", "invalid_multipart")
+            raise Invalid(f"multipart body has no file field {field!r}", Reason.INVALID_MULTIPART)
         codecs.check_count(len(uploads), max_items)
         return [await upload.read() for upload in uploads]
     finally:
@@ -124,7 +123,7 @@ async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, A
     blank = np.flatnonzero(images.reshape(len(images), -1).max(axis=1) == 0)
     if blank.size:  # an empty image has no answer; a confident guess at one would mislead
         where = "the image" if len(images) == 1 else f"images {blank[:10].tolist()}"
-        raise ApiError(422, f"no digit found: every pixel of {where} is 0 (background)", "no_digit")
+        raise Invalid(f"no digit found: every pixel of {where} is 0 (background)", Reason.NO_DIGIT)
     runtime = batcher.runtime
     probabilities = (await batcher.predict(runtime.from_pixels(images)))[PROBABILITIES]
     model = {"name": runtime.name, "version": runtime.version}

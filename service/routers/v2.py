@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from service.batching import Batcher
 from service.codecs import INLINE_PARSE_BYTES
 from service.dependencies import get_batcher, get_runtime, require_api_key, served_model
-from service.errors import ApiError
+from service.errors import NotFound, Reason
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.v2_protocol import (
@@ -61,7 +61,7 @@ async def served_version(version: str, model: ModelDep) -> None:
     """/versions/{version} routes: 404 unless it is the loaded model's version."""
     if version != model.version:
         message = f"unknown version {version!r} of model {model.name!r}; available: [{model.version!r}]"
-        raise ApiError(404, message, "unknown_model")
+        raise NotFound(message, Reason.UNKNOWN_MODEL)
 
 
 VERSIONED = [Depends(served_version)]
