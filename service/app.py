@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,16 +16,19 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import STARTUP_FAILURE
 
 from service import errors, metrics
-from service.batching import Batcher
 from service.decoding import ImageDecoder
 from service.errors import ApiError, Internal, Invalid, Reason, TooLarge
-from service.routers import health, page, predict, v2
+from service.model import load
+from service.repository import ModelRepository
+from service.routers import health, page, predict, repository, v2
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger("service")
+
 
 def error_response(exc: ApiError) -> JSONResponse:
     """`{"error": message}` with the status and headers, counted by reason."""
@@ -113,16 +117,20 @@ class Observe:
             ).observe(time.perf_counter() - started)
 
 
-async def _warm_up(app: FastAPI) -> None:
-    """Run every batch shape once in a thread, then report ready."""
+async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
+    """Warm up and self-test in the background (/healthz answers meanwhile), then report ready. A model that
+    fails here would leave the worker unready for good: stop the worker instead, with the reason."""
     settings: Settings = app.state.settings
-    runtime: ModelRuntime = app.state.runtime
     started = time.perf_counter()
-    await asyncio.to_thread(runtime.warm_up, settings.max_batch_size)
+    try:
+        await app.state.models.start(runtime)
+    except Exception as exc:
+        log.critical("cannot serve %s: %s; stopping", settings.model_path, exc)
+        logging.shutdown()
+        os._exit(STARTUP_FAILURE)  # uvicorn's supervisor stops the server on this code instead of restarting
     # Startup objects live forever: keep them out of the collector's way, so full collections stay short.
     gc.collect()
     gc.freeze()
-    app.state.ready = True
     log.info(
         "warmed up batch sizes 1..%d in %.2f s; ready", settings.max_batch_size, time.perf_counter() - started
     )
@@ -130,35 +138,21 @@ async def _warm_up(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the model (a failure stops startup), start the batcher, warm up in the background."""
+    """Load the model (a failure stops startup), then verify and serve it in the background."""
     settings: Settings = app.state.settings
-    runtime = await asyncio.to_thread(
-        ModelRuntime, settings.model_path, settings.providers, settings.threads_per_worker
-    )
-    metrics.MODEL_INFO.labels(runtime.name, runtime.version, runtime.sha256, runtime.provider).set(1)
-    batcher = Batcher(
-        runtime,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_batch_wait_ms,
-        max_queue=settings.max_queue,
-        timeout_s=settings.request_timeout_s,
-    )
-    app.state.runtime = runtime
-    app.state.batcher = batcher
+    runtime = await asyncio.to_thread(load, settings)
     app.state.decoder = ImageDecoder(
         max_pixels=settings.max_image_pixels,
         max_waiting=settings.max_image_queue,
         timeout_s=settings.request_timeout_s,
     )
-    batcher.start()
-    warm_up = asyncio.create_task(_warm_up(app))
+    serving = asyncio.create_task(_serve(app, runtime))
     try:
         yield
     finally:
-        warm_up.cancel()
-        await asyncio.gather(warm_up, return_exceptions=True)
-        app.state.ready = False
-        await batcher.stop()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await app.state.models.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -174,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.ready = False
+    app.state.models = ModelRepository(settings)  # empty (503) until the lifespan has loaded the model
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -182,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     app.include_router(page.router)
     if settings.cors_origins:
         app.add_middleware(

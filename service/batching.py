@@ -1,4 +1,5 @@
-"""Dynamic batching: concurrent requests become one onnxruntime run in a worker thread."""
+"""Dynamic batching: concurrent requests become one model run in a worker thread. Generic: arrays in,
+named output arrays out; what the outputs mean is the caller's business (service/model.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -14,7 +15,8 @@ import numpy as np
 
 from service import metrics
 from service.errors import Busy, Invalid, Reason, Timeout
-from service.runtime import PROBABILITIES, ModelRuntime
+
+Outputs = dict[str, np.ndarray]
 
 
 @dataclass
@@ -34,14 +36,20 @@ class Batcher:
 
     def __init__(
         self,
-        runtime: ModelRuntime,
+        run: Callable[[np.ndarray], Outputs],
         *,
         max_batch_size: int,
         max_wait_ms: float,
         max_queue: int,
         timeout_s: float,
+        labels: tuple[str, str] = ("", ""),
+        provider: str = "",
+        on_batch: Callable[[Outputs], None] | None = None,
     ) -> None:
-        self.runtime = runtime
+        """`run` computes a batch (in the worker thread); `on_batch` sees each batch's outputs on the event
+        loop (per-batch metrics); `labels` (model, version) and `provider` label the batching metrics."""
+        self.run = run
+        self.on_batch = on_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -53,18 +61,25 @@ class Batcher:
         # One thread: onnxruntime parallelises inside a run with its own intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._task: asyncio.Task | None = None
-        labels = (runtime.name, runtime.version)
+        self._running = False
+        self._idle = asyncio.Event()  # set whenever nothing is queued or running
+        self._idle.set()
         self._queue_depth = metrics.QUEUE_DEPTH.labels(*labels)
         self._queue_wait = metrics.QUEUE_WAIT.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
-        self._inference = metrics.INFERENCE_DURATION.labels(*labels, runtime.provider)
-        self._confidence = metrics.CONFIDENCE.labels(*labels)
-        self._predictions = [metrics.PREDICTIONS.labels(*labels, str(digit)) for digit in range(10)]
+        self._inference = metrics.INFERENCE_DURATION.labels(*labels, provider)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
+    async def drain(self) -> None:
+        """Wait until every queued request has run (or expired): a retired model finishes its work."""
+        while self._pending or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
     async def stop(self) -> None:
+        """Stop now: queued and running requests get 503 (shutting down)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -84,7 +99,7 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    async def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    async def predict(self, x: np.ndarray) -> Outputs:
         """Outputs for `x` [k, *item_shape]; inputs above max_batch_size run as several batches."""
         k = len(x)
         if not k:
@@ -139,6 +154,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
+                self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
             # Sampled as work arrives and as each batch leaves: cheaper than per request, and it shows
@@ -154,19 +170,25 @@ class Batcher:
             self._queue_depth.set(self._queued)
             if not batch:
                 continue
+            self._running = True
             started = time.perf_counter()
             for item in batch:
                 self._queue_wait.observe(started - item.enqueued)
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
             try:
                 outputs, seconds = await loop.run_in_executor(self._executor, self._timed_run, x)
-                self._observe(outputs, seconds)
             except asyncio.CancelledError:  # stop() during a run: its callers must not wait for the deadline
                 self._fail(batch, self._shutting_down())
                 raise
             except Exception as exc:  # a failed run fails its requests, never the loop
                 self._fail(batch, exc)
                 continue
+            finally:
+                self._running = False
+            self._inference.observe(seconds)
+            self._batch_size.observe(len(x))
+            if self.on_batch is not None:
+                self.on_batch(outputs)
             start = 0
             for item in batch:
                 end = start + len(item.x)
@@ -174,19 +196,8 @@ class Batcher:
                     item.future.set_result({name: value[start:end] for name, value in outputs.items()})
                 start = end
 
-    def _timed_run(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-        """In the worker thread: the onnxruntime run and nothing else."""
+    def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float]:
+        """In the worker thread: the model run and nothing else (Python here would contend for the GIL)."""
         started = time.perf_counter()
-        outputs = self.runtime.run(x)
+        outputs = self.run(x)
         return outputs, time.perf_counter() - started
-
-    def _observe(self, outputs: dict[str, np.ndarray], seconds: float) -> None:
-        """Per-batch metrics on the event loop: Python work in the worker thread would contend for the GIL."""
-        self._inference.observe(seconds)
-        self._batch_size.observe(len(outputs[PROBABILITIES]))
-        probabilities = outputs[PROBABILITIES]
-        for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10).tolist()):
-            if count:
-                self._predictions[digit].inc(count)
-        for confidence in probabilities.max(axis=1).tolist():
-            self._confidence.observe(confidence)

@@ -15,7 +15,8 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
-from service.runtime import ModelLoadError, ModelRuntime
+from service import fleet
+from service.runtime import ModelLoadError
 from service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -31,6 +32,16 @@ def _metrics_dir() -> tuple[Path, bool]:
             stale.unlink()
         return path, False
     return Path(tempfile.mkdtemp(prefix="mnist-metrics-")), True
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, except that SIGHUP reloads the model in every worker (service/fleet.py)
+    instead of restarting them: a restart would fail the requests in flight."""
+
+    def handle_hup(self) -> None:
+        for process in self.processes:
+            if process.pid is not None and process.process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
 
 
 def _settings() -> Settings:
@@ -74,6 +85,18 @@ def _environment_help() -> str:
     return "\n".join(lines)
 
 
+def _check_model(settings: Settings) -> None:
+    """Fail once, clearly, before any worker starts (e.g. MNIST_PROVIDERS=cuda without a working GPU, or a
+    model that fails its self-test). Imported here: the metrics module must find PROMETHEUS_MULTIPROC_DIR
+    set when it first loads prometheus_client, or this process would count in a registry nobody reads."""
+    from service.model import prepare
+
+    try:
+        prepare(settings)
+    except ModelLoadError as exc:
+        sys.exit(f"mnist-serve: cannot start: {exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     defaults = _settings()
     parser = argparse.ArgumentParser(
@@ -96,18 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     # Workers build their own Settings from the environment: pass the resolved worker count on.
     os.environ["MNIST_WORKERS"] = str(args.workers)
     settings = _settings()
-    try:  # fail once, clearly, before any worker starts (e.g. MNIST_PROVIDERS=cuda without a working GPU)
-        ModelRuntime(settings.model_path, settings.providers, settings.threads_per_worker)
-    except ModelLoadError as exc:
-        sys.exit(f"mnist-serve: cannot start: {exc}")
     path, owned = _metrics_dir()
     os.environ[MULTIPROC_ENV] = str(path)
-    print(
-        f"mnist-serve: {args.workers} worker(s) x {settings.threads_per_worker} onnxruntime thread(s), "
-        f"metrics in {path}",
-        file=sys.stderr,
-        flush=True,
-    )
+    status_dir = Path(tempfile.mkdtemp(prefix="mnist-workers-"))
+    os.environ[fleet.STATUS_DIR_ENV] = str(status_dir)
     # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = uvicorn.Config(
@@ -120,6 +135,13 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
     )
     try:
+        _check_model(settings)
+        print(
+            f"mnist-serve: {args.workers} worker(s) x {settings.threads_per_worker} onnxruntime thread(s), "
+            f"metrics in {path}",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.workers == 1:
             uvicorn.Server(config).run()
         else:
@@ -127,9 +149,11 @@ def main(argv: list[str] | None = None) -> None:
                 listener = _bind(args.host, args.port, exclusive=True)
             except OSError as exc:
                 sys.exit(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
-            Multiprocess(config, sockets=[listener]).run()
+            os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
+            _Supervisor(config, sockets=[listener]).run()
     except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run
         pass
     finally:
+        shutil.rmtree(status_dir, ignore_errors=True)
         if owned:
             shutil.rmtree(path, ignore_errors=True)

@@ -1,43 +1,60 @@
-"""Per-request access to the app's shared objects, and the optional API key check."""
+"""Per-request access to the served model, and the API and admin key checks."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import AsyncIterator
 
-from fastapi import Depends, Request
+from fastapi import Request
+from pydantic import SecretStr
 
-from service.batching import Batcher
-from service.errors import Busy, NotFound, Reason, Unauthorized
-from service.runtime import ModelRuntime
-
-
-async def get_runtime(request: Request) -> ModelRuntime:
-    """The loaded model; 503 while the worker is still loading or warming up."""
-    if not request.app.state.ready:
-        raise Busy("model is loading; retry shortly", Reason.NOT_READY)
-    return request.app.state.runtime
+from service.errors import Forbidden, NotFound, Reason, Unauthorized
+from service.model import ServedModel
+from service.repository import ModelRepository
 
 
-async def served_model(name: str, runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> ModelRuntime:
-    """The loaded model if the path's {name} names it; 404 for any other name, 503 while loading.
-    (async: FastAPI would run a plain def in the threadpool, a hop per request.)"""
-    if name != runtime.name:
-        raise NotFound(f"unknown model {name!r}; this server serves {runtime.name!r}", Reason.UNKNOWN_MODEL)
-    return runtime
+def repository(request: Request) -> ModelRepository:
+    return request.app.state.models
 
 
-async def get_batcher(request: Request) -> Batcher:
-    await get_runtime(request)
-    return request.app.state.batcher
+async def ready_model(request: Request) -> ServedModel:
+    """The serving model; 503 while the worker is still loading or warming up."""
+    return repository(request).get()
+
+
+async def served_model(name: str, request: Request) -> AsyncIterator[ServedModel]:
+    """The serving model, held for the whole request, if the path's {name} names it; 404 for any other
+    name, 503 while loading. (async: FastAPI would run a plain def in the threadpool, a hop per request.)"""
+    models = repository(request)
+    if name != models.get().name:
+        raise NotFound(
+            f"unknown model {name!r}; this server serves {models.get().name!r}", Reason.UNKNOWN_MODEL
+        )
+    with models.lease() as model:
+        yield model
+
+
+def _bearer_matches(request: Request, key: SecretStr) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), key.get_secret_value().encode()
+    )
 
 
 async def require_api_key(request: Request) -> None:
     """When MNIST_API_KEY is set, predict/infer routes need `Authorization: Bearer <key>`."""
     key = request.app.state.settings.api_key
-    if key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    if key is not None and not _bearer_matches(request, key):
         raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
+
+
+async def require_admin_key(request: Request) -> None:
+    """The model repository routes change what is served: closed unless MNIST_ADMIN_KEY is set, and then
+    they need `Authorization: Bearer <admin key>`."""
+    key = request.app.state.settings.admin_key
+    if key is None:
+        raise Forbidden(
+            "the model repository API is disabled: set MNIST_ADMIN_KEY to enable it", Reason.FORBIDDEN
+        )
+    if not _bearer_matches(request, key):
+        raise Unauthorized("missing or invalid admin key (Authorization: Bearer <MNIST_ADMIN_KEY>)")

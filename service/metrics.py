@@ -73,7 +73,17 @@ CONFIDENCE = Histogram(
 )
 ERRORS = Counter("mnist_errors", "Refused or failed requests by reason.", ("reason", "status"))
 MODEL_INFO = Gauge(
-    "mnist_model_info", "The loaded model; value 1.", (*MODEL, "sha256", "provider"), multiprocess_mode="max"
+    "mnist_model_info",
+    "The model being served: 1; a model a reload replaced: 0.",
+    (*MODEL, "sha256", "provider"),
+    multiprocess_mode="livemax",
+)
+RELOADS = Counter("mnist_model_reloads", "Model reloads by result (loaded, unchanged, refused).", ("result",))
+RELOAD_DURATION = Histogram(
+    "mnist_model_reload_duration_seconds",
+    "Time a reload took (load, checks, warm-up, self-test) by result.",
+    ("result",),
+    buckets=LATENCY_BUCKETS,
 )
 
 

@@ -77,12 +77,34 @@ def check_active(preference: str, active: list[str]) -> None:
         )
 
 
+def read_card(path: Path, sha256: str) -> dict[str, Any]:
+    """The model card beside the model, if it describes these bytes (a card left from another model is
+    ignored); a card that is not a JSON object is a load error, not a traceback."""
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"model card {path} is not readable JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise ModelLoadError(f"model card {path} must be a JSON object")
+    if card.get("onnx_sha256", sha256) != sha256:
+        log.warning("ignoring %s: it describes another model file (onnx_sha256 differs)", path)
+        return {}
+    return card
+
+
 class ModelRuntime:
     """One onnxruntime session plus what clients may know about the model."""
 
     def __init__(self, path: Path, providers: str = "auto", intra_op_threads: int = 1) -> None:
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path} (set MNIST_MODEL_PATH)")
+        # Read once: the hash and the session describe the same bytes even if the file is being replaced.
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"model file not found: {path} (set MNIST_MODEL_PATH)") from None
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -93,7 +115,7 @@ class ModelRuntime:
             # CUDA and cuDNN from the nvidia-* wheels (the `cuda` extra) are not on the loader's path.
             ort.preload_dlls()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=requested)
+            self.session = ort.InferenceSession(data, options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         self.providers: list[str] = self.session.get_providers()
@@ -109,12 +131,11 @@ class ModelRuntime:
         if PROBABILITIES not in {spec.name for spec in self.outputs}:
             raise ModelLoadError(f"model has no {PROBABILITIES!r} output: {self.outputs}")
 
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.name = meta.get("name", path.stem)
-        self.version = meta.get("version", "0")
-        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-        card_path = path.with_suffix(".json")
-        self.card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map
+        self.name = self.metadata.get("name", path.stem)
+        self.version = self.metadata.get("version", "0")
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.card = read_card(path.with_suffix(".json"), self.sha256)
         log.info(
             "loaded %s %s from %s on %s (%d intra-op threads)",
             self.name,
@@ -164,8 +185,15 @@ class ModelRuntime:
             "name": self.name,
             "version": self.version,
             "sha256": self.sha256,
-            "test_accuracy": self.card.get("test_accuracy"),
+            "test_accuracy": self.card.get("test_accuracy", _number(self.metadata.get("test_accuracy"))),
             "providers": self.providers,
             "inputs": [spec.as_dict() for spec in self.inputs],
             "outputs": [spec.as_dict() for spec in self.outputs],
         }
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None

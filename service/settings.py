@@ -42,6 +42,15 @@ class Settings(BaseSettings):
         32, ge=1, description="image requests waiting to be decoded, per worker, before 503 + Retry-After"
     )
     api_key: SecretStr | None = Field(None, description="if set, predict/infer routes need Bearer <key>")
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer key of the model repository routes (reload); unset: they answer 403"
+    )
+    model_poll_s: float = Field(
+        0.0, ge=0.0, description="reload when the model file changes, checked every N seconds; 0: off"
+    )
+    reload_timeout_s: float = Field(
+        60.0, gt=0.0, description="how long a reload call waits for every worker to finish its reload"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated; empty: CORS off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
     workers: int = Field(default_factory=lambda: cores(), ge=1, description="worker processes")

@@ -1,7 +1,8 @@
 """A small model that honours the ONNX contract, built with onnx.helper, so service tests need no trainer run.
 
 Normalize -> Conv(4 filters, 5x5) -> ReLU -> Flatten -> Linear(10); outputs `logits` and
-`probabilities` = softmax(logits / T); metadata name/version; a card next to it with test_accuracy.
+`probabilities` = softmax(logits / T); metadata name/version and `self_test` (the shipped reference digits
+with the labels this model gives them, as the trainer records its own); a card next to it with test_accuracy.
 """
 
 from __future__ import annotations
@@ -11,14 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from service.model import SHIPPED_REFERENCES, references
 
 NAME, VERSION, TEST_ACCURACY = "lenet5", "0.0.1-test", 0.5
 
 
-def build_model(path: Path, *, with_probabilities: bool = True) -> Path:
-    """Write the model (and its card) to `path`; deterministic weights."""
-    rng = np.random.default_rng(7)
+def build_model(
+    path: Path,
+    *,
+    with_probabilities: bool = True,
+    version: str = VERSION,
+    seed: int = 7,
+    self_test_labels: str = "own",
+) -> Path:
+    """Write the model (and its card) to `path`; deterministic weights from `seed`. `self_test_labels`:
+    "own" records the labels the model gives the reference digits (it passes its self-test), "wrong"
+    records others (it fails it), "none" writes no self_test metadata."""
+    rng = np.random.default_rng(seed)
     weights = {
         "mean": np.array(0.1307, np.float32),
         "std": np.array(0.3081, np.float32),
@@ -51,10 +64,23 @@ def build_model(path: Path, *, with_probabilities: bool = True) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"name": NAME, "version": VERSION, "test_accuracy": str(TEST_ACCURACY)})
+    props = {"name": NAME, "version": version, "test_accuracy": str(TEST_ACCURACY)}
+    if with_probabilities and self_test_labels != "none":
+        props["self_test"] = _self_test(model, self_test_labels == "wrong")
+    helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     path.with_suffix(".json").write_text(
-        json.dumps({"name": NAME, "version": VERSION, "test_accuracy": TEST_ACCURACY})
+        json.dumps({"name": NAME, "version": version, "test_accuracy": TEST_ACCURACY})
     )
     return path
+
+
+def _self_test(model: onnx.ModelProto, wrong: bool) -> str:
+    """The shipped reference digits labelled as this model reads them (or shifted by one: all wrong)."""
+    images, _ = references({})  # no self_test of its own: the shipped set
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = (images / np.float32(255)).astype(np.float32).reshape(-1, 1, 28, 28)
+    labels = session.run(["probabilities"], {"image": x})[0].argmax(axis=1)
+    shipped = json.loads(SHIPPED_REFERENCES.read_text())["images"]
+    return json.dumps({"images": shipped, "labels": ((labels + wrong) % 10).tolist()})

@@ -99,7 +99,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def batcher(runtime: ModelRuntime, **overrides) -> Batcher:
     options = {"max_batch_size": 8, "max_wait_ms": 0.0, "max_queue": 64, "timeout_s": 10.0, **overrides}
-    return Batcher(runtime, **options)
+    return Batcher(runtime.run, **options)
 
 
 class CountingRuntime(ModelRuntime):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from service import metrics
-from service.dependencies import get_runtime, served_model
-from service.runtime import ModelRuntime
+from service.dependencies import ready_model, served_model
+from service.model import ServedModel
 
 router = APIRouter(tags=["health"])
 
@@ -21,9 +21,8 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> dict[str, str]:
-    """200 once the model is loaded and every batch shape warmed up, else 503."""
-    await get_runtime(request)
+async def readyz(model: Annotated[ServedModel, Depends(ready_model)]) -> dict[str, str]:
+    """200 once the model is loaded and every batch shape warmed up, else 503; stays 200 during reloads."""
     return {"status": "ready"}
 
 
@@ -35,6 +34,6 @@ async def prometheus_metrics() -> Response:
 
 
 @router.get("/v1/models/{name}")
-async def model_metadata(runtime: Annotated[ModelRuntime, Depends(served_model)]) -> dict[str, Any]:
+async def model_metadata(model: Annotated[ServedModel, Depends(served_model)]) -> dict[str, Any]:
     """Name, version, SHA-256, test accuracy (from the model card), active providers, input/output spec."""
-    return runtime.describe()
+    return model.describe()

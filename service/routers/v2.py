@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from service.batching import Batcher
 from service.codecs import INLINE_PARSE_BYTES
-from service.dependencies import get_batcher, get_runtime, require_api_key, served_model
+from service.dependencies import ready_model, require_api_key, served_model
 from service.errors import NotFound, Reason
+from service.model import ServedModel
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.v2_protocol import (
@@ -54,7 +54,7 @@ INFER_DOC = {
 }
 
 
-ModelDep = Annotated[ModelRuntime, Depends(served_model)]
+ModelDep = Annotated[ServedModel, Depends(served_model)]
 
 
 async def served_version(version: str, model: ModelDep) -> None:
@@ -90,7 +90,7 @@ async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", dependencies=[Depends(get_runtime)])
+@router.get("/health/ready", dependencies=[Depends(ready_model)])
 async def server_ready() -> dict[str, bool]:
     """200 once the model is loaded and warm, else 503."""
     return {"ready": True}
@@ -111,8 +111,8 @@ async def model_metadata(model: ModelDep) -> dict[str, Any]:
         "name": model.name,
         "versions": [model.version],
         "platform": PLATFORM,
-        "inputs": [spec.as_dict() for spec in model.inputs],
-        "outputs": [spec.as_dict() for spec in model.outputs],
+        "inputs": [spec.as_dict() for spec in model.runtime.inputs],
+        "outputs": [spec.as_dict() for spec in model.runtime.outputs],
     }
 
 
@@ -120,17 +120,16 @@ async def model_metadata(model: ModelDep) -> dict[str, Any]:
 @router.post(
     "/models/{name}/versions/{version}/infer", dependencies=AUTH + VERSIONED, openapi_extra=INFER_DOC
 )
-async def infer(
-    request: Request, model: ModelDep, batcher: Annotated[Batcher, Depends(get_batcher)]
-) -> Response:
+async def infer(request: Request, model: ModelDep) -> Response:
     """Inference on a batch of images: FP32 in [0, 1] or UINT8 0..255, shaped [N, 1, 28, 28] or [N, 784];
     JSON or binary tensors in and out."""
-    spec = signature(model)
+    spec = signature(model.runtime)
     body = await request.body()
-    if len(body) <= INLINE_PARSE_BYTES:
+    compressed = request.headers.get("content-encoding", "identity").strip().lower() != "identity"
+    if len(body) <= INLINE_PARSE_BYTES and not compressed:
         parsed = _parse(body, request.headers, spec, request.app.state.settings)
-    else:  # inflating and parsing a large body is CPU work: keep it off the event loop, like inference
+    else:  # CPU work off the event loop, like inference: a small gzip body can inflate to megabytes
         parsed = await run_in_threadpool(_parse, body, request.headers, spec, request.app.state.settings)
-    results = await batcher.predict(parsed.images)
+    results = await model.infer(parsed.images)
     content, headers = encode_infer_response(parsed, results, spec, name=model.name, version=model.version)
     return Response(content, headers=headers)

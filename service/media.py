@@ -1,0 +1,57 @@
+"""The request bodies a route accepts, declared once: the list drives the dispatch on Content-Type, the 415
+message and the OpenAPI request body, so the three cannot disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+
+from service.errors import Unsupported
+
+# Reads one accepted body into uint8 images [n, h, w]; `shape` is the model's (h, w).
+Reader = Callable[[Request, tuple[int, int]], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Body:
+    media_type: str  # "image/*" matches every image subtype
+    schema: dict[str, Any]
+    read: Reader
+    note: str = ""  # what else the client must know, e.g. the multipart field name
+
+    def matches(self, media_type: str) -> bool:
+        if self.media_type.endswith("/*"):
+            return media_type.startswith(self.media_type[:-1])
+        return media_type == self.media_type
+
+    def __str__(self) -> str:
+        return f"{self.media_type} ({self.note})" if self.note else self.media_type
+
+
+class Accepts:
+    """The bodies one route takes, in the order the docs list them."""
+
+    def __init__(self, *bodies: Body) -> None:
+        self.bodies = bodies
+
+    def reader(self, request: Request) -> Reader:
+        """The reader for this request's Content-Type; 415 naming every accepted type otherwise."""
+        media_type = media_type_of(request)
+        for body in self.bodies:
+            if body.matches(media_type):
+                return body.read
+        accepted = ", ".join(str(body) for body in self.bodies)
+        raise Unsupported(f"unsupported content type {media_type or '(none)'!r}; send {accepted}")
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI `requestBody` of the route (FastAPI's `openapi_extra`)."""
+        content = {body.media_type: {"schema": body.schema} for body in self.bodies}
+        return {"requestBody": {"required": True, "content": content}}
+
+
+def media_type_of(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()

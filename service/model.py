@@ -1,0 +1,193 @@
+"""The model being served: one object owns the onnxruntime session with its spec and card, the batcher,
+readiness and the per-model metric children. Routes call `classify` (uint8 images, /predict) and `infer`
+(model inputs, V2) and nothing under it; a reload prepares a new one and swaps it (service/repository.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import metrics
+from service.batching import Batcher, Outputs
+from service.runtime import PROBABILITIES, ModelLoadError, ModelRuntime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Reference digits for a model whose metadata carries none (`self_test`, written by the trainer).
+SHIPPED_REFERENCES = Path(__file__).with_name("self_test.json")
+# A candidate must read at least this share of its reference digits right (a retrained model may differ
+# on one or two; a broken export, a permuted output or a wrong normalization misses most).
+SELF_TEST_MIN_ACCURACY = 0.9
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What the digit routes need of a batch: the probabilities and which model computed them."""
+
+    probabilities: np.ndarray  # float32 [n, 10]
+    name: str
+    version: str
+
+
+def references(metadata: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference images (uint8 [n, 28, 28]) and labels: the model's own `self_test` metadata, else the
+    set the service ships."""
+    text = metadata.get("self_test") or SHIPPED_REFERENCES.read_text()
+    try:
+        doc = json.loads(text)
+        labels = np.asarray(doc["labels"], dtype=np.int64)
+        images = np.frombuffer(base64.b64decode(doc["images"], validate=True), np.uint8)
+        return images.reshape(len(labels), 28, 28), labels
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ModelLoadError(f"self_test metadata is malformed: {exc}") from None
+
+
+def self_test(runtime: ModelRuntime) -> None:
+    """Refuse a model whose probabilities are not distributions or that misreads its reference digits."""
+    images, labels = references(runtime.metadata)
+    if images.shape[1:] != runtime.image_shape:
+        raise ModelLoadError(
+            f"self-test images are {images.shape[1:]}, the model takes {runtime.image_shape}"
+        )
+    probabilities = runtime.run(runtime.from_pixels(images))[PROBABILITIES]
+    if not np.isfinite(probabilities).all() or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
+        raise ModelLoadError("self-test failed: probabilities are not finite distributions summing to 1")
+    right = float((probabilities.argmax(axis=1) == labels).mean())
+    if right < SELF_TEST_MIN_ACCURACY:
+        raise ModelLoadError(
+            f"self-test failed: {right:.0%} of {len(labels)} reference digits read right "
+            f"(at least {SELF_TEST_MIN_ACCURACY:.0%} required)"
+        )
+
+
+def load(settings: Settings, served: ModelRuntime | None = None) -> ModelRuntime:
+    """The model at settings.model_path, checked (blocking: run it in a thread). `served`, the model
+    serving now, fixes the contract a replacement must keep: the same name and the same input."""
+    runtime = ModelRuntime(settings.model_path, settings.providers, settings.threads_per_worker)
+    if served is not None:
+        if runtime.name != served.name:
+            raise ModelLoadError(f"candidate is named {runtime.name!r}; this server serves {served.name!r}")
+        if runtime.input != served.input:
+            raise ModelLoadError(
+                f"candidate input {runtime.input.as_dict()} differs from the served {served.input.as_dict()}"
+            )
+    return runtime
+
+
+def verify(runtime: ModelRuntime, settings: Settings) -> None:
+    """Warm up every batch shape (no request pays for a first run) and self-test (blocking)."""
+    try:
+        runtime.warm_up(settings.max_batch_size)
+    except Exception as exc:  # onnxruntime's own errors, e.g. a graph that fails at some batch size
+        raise ModelLoadError(f"warm-up failed: {exc}") from exc
+    self_test(runtime)
+
+
+def prepare(settings: Settings, served: ModelRuntime | None = None) -> ModelRuntime:
+    """load + verify: a model ready to serve, or ModelLoadError saying why not."""
+    runtime = load(settings, served)
+    verify(runtime, settings)
+    return runtime
+
+
+class ServedModel:
+    """One prepared model in service: its batcher, readiness, leases and metric children."""
+
+    def __init__(self, runtime: ModelRuntime, settings: Settings) -> None:
+        self.runtime = runtime
+        self.name = runtime.name
+        self.version = runtime.version
+        self.sha256 = runtime.sha256
+        labels = (self.name, self.version)
+        self._info = metrics.MODEL_INFO.labels(*labels, self.sha256, runtime.provider)
+        self._confidence = metrics.CONFIDENCE.labels(*labels)
+        self._predictions = [metrics.PREDICTIONS.labels(*labels, str(digit)) for digit in range(10)]
+        self.batcher = Batcher(
+            runtime.run,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_batch_wait_ms,
+            max_queue=settings.max_queue,
+            timeout_s=settings.request_timeout_s,
+            labels=labels,
+            provider=runtime.provider,
+            on_batch=self._observe,
+        )
+        self._leases = 0
+        self._released = asyncio.Event()
+
+    # --- what the routes call ------------------------------------------------------------------------
+
+    async def classify(self, images: np.ndarray) -> Classification:
+        """uint8 images [n, h, w] (0..255, 0 = background) -> the digit probabilities."""
+        outputs = await self.batcher.predict(self.runtime.from_pixels(images))
+        return Classification(outputs[PROBABILITIES], self.name, self.version)
+
+    async def infer(self, x: np.ndarray) -> Outputs:
+        """Model inputs [n, *item_shape] -> every output by name (KServe V2)."""
+        return await self.batcher.predict(x)
+
+    def describe(self) -> dict[str, Any]:
+        return self.runtime.describe()
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve: the batcher runs and the model-info metric says this model is active."""
+        self.batcher.start()
+        self._info.set(1)
+
+    def acquire(self) -> ServedModel:
+        """A request starts on this model; it finishes on it even if a reload swaps the model meanwhile."""
+        self._leases += 1
+        return self
+
+    def release(self) -> None:
+        self._leases -= 1
+        if not self._leases:
+            self._released.set()
+
+    async def retire(self, timeout_s: float) -> None:
+        """After a swap: let the requests that started here finish (bounded), then stop and free the
+        session, so memory returns to the one-model level."""
+        self._info.set(0)
+        try:
+            await asyncio.wait_for(self._finished(), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning(
+                "model %s %s: requests still running after %g s; stopping it",
+                self.name,
+                self.version,
+                timeout_s,
+            )
+        await self.batcher.stop()
+        del self.runtime.session
+
+    async def _finished(self) -> None:
+        while self._leases:
+            self._released.clear()
+            await self._released.wait()
+        await self.batcher.drain()
+
+    async def stop(self) -> None:
+        """Shutdown: queued requests get 503."""
+        self._info.set(0)
+        await self.batcher.stop()
+
+    def _observe(self, outputs: Outputs) -> None:
+        """Per-batch prediction metrics, on the event loop."""
+        probabilities = outputs[PROBABILITIES]
+        for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10).tolist()):
+            if count:
+                self._predictions[digit].inc(count)
+        for confidence in probabilities.max(axis=1).tolist():
+            self._confidence.observe(confidence)
