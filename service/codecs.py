@@ -136,10 +136,15 @@ def too_many(count: str, max_items: int) -> TooLarge:
     return TooLarge(f"batch of {count} images exceeds the limit of {max_items}", Reason.BATCH_TOO_LARGE)
 
 
-def image(data: bytes, max_pixels: int) -> np.ndarray:
-    """An encoded image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [1, 28, 28]."""
+def image(data: bytes, max_pixels: int, *, blank_if_no_digit: bool = False) -> np.ndarray:
+    """An encoded image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [1, 28, 28]. In a batch, an
+    image without a digit becomes a blank one (answered is_digit false) instead of failing the batch."""
     try:
         return preprocess.to_mnist(preprocess.load_image(data, max_pixels))[np.newaxis]
+    except preprocess.NoDigitFound:
+        if blank_if_no_digit:
+            return np.zeros((1, preprocess.FIELD, preprocess.FIELD), np.uint8)
+        raise Invalid("no digit found", Reason.NO_DIGIT) from None
     except preprocess.ImageError as exc:
         raise image_error(exc) from None
 
@@ -151,6 +156,4 @@ def image_error(exc: preprocess.ImageError) -> ApiError:
         return Unsupported(message)
     if isinstance(exc, preprocess.ImageTooLarge):
         return TooLarge(message, Reason.IMAGE_TOO_LARGE)
-    if isinstance(exc, preprocess.NoDigitFound):
-        return Invalid(message, Reason.NO_DIGIT)
     return Invalid(message, Reason.CORRUPT_IMAGE)

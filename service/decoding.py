@@ -30,8 +30,9 @@ class ImageDecoder:
         """Requests queued for their turn (not counting the one decoding)."""
         return self._turn.statistics().tasks_waiting
 
-    async def decode(self, files: list[bytes]) -> np.ndarray:
-        """Encoded image files -> uint8 [len(files), 28, 28], MNIST convention."""
+    async def decode(self, files: list[bytes], *, batch: bool = False) -> np.ndarray:
+        """Encoded image files -> uint8 [len(files), 28, 28], MNIST convention; in a `batch`, an image
+        without a digit is blank rather than an error."""
         if self.waiting >= self.max_waiting:
             raise Busy(
                 f"server busy: image requests waiting to be decoded: {self.waiting} "
@@ -43,9 +44,11 @@ class ImageDecoder:
         if wait.cancelled_caught:
             raise Timeout(f"image decoding did not start within {self.timeout_s:g} s (server busy)")
         try:
-            return await anyio.to_thread.run_sync(self._decode, files)
+            return await anyio.to_thread.run_sync(self._decode, files, batch)
         finally:
             self._turn.release()
 
-    def _decode(self, files: list[bytes]) -> np.ndarray:
-        return np.concatenate([codecs.image(data, self.max_pixels) for data in files])
+    def _decode(self, files: list[bytes], batch: bool) -> np.ndarray:
+        return np.concatenate(
+            [codecs.image(data, self.max_pixels, blank_if_no_digit=batch) for data in files]
+        )

@@ -64,7 +64,17 @@ QUEUE_DEPTH = Gauge(
     MODEL,
     multiprocess_mode="livesum",
 )
-PREDICTIONS = Counter("mnist_predictions", "Predictions by predicted digit.", (*MODEL, "digit"))
+PREDICTIONS = Counter(
+    "mnist_predictions",
+    'Predictions by predicted digit; "none": not a digit (digit_score under the threshold).',
+    (*MODEL, "digit"),
+)
+DIGIT_SCORE = Histogram(
+    "mnist_digit_score",
+    "The model's probability that an input is a digit at all (watch for drift to non-digits).",
+    MODEL,
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+)
 CONFIDENCE = Histogram(
     "mnist_prediction_confidence",
     "Probability of the predicted digit (watch for drift).",

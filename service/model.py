@@ -18,7 +18,7 @@ import numpy as np
 
 from service import metrics
 from service.batching import Batcher, Outputs
-from service.runtime import PROBABILITIES, ModelLoadError, ModelRuntime
+from service.runtime import DIGIT_SCORE, PROBABILITIES, ModelLoadError, ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,17 @@ SHIPPED_REFERENCES = Path(__file__).with_name("self_test.json")
 SELF_TEST_MIN_ACCURACY = 0.9
 
 
+# Without a threshold in its metadata or MNIST_DIGIT_THRESHOLD, a model's digit_score is read at even odds.
+DEFAULT_DIGIT_THRESHOLD = 0.5
+
+
 @dataclass(frozen=True)
 class Classification:
-    """What the digit routes need of a batch: the probabilities and which model computed them."""
+    """What the digit routes need of a batch, and which model computed it."""
 
-    probabilities: np.ndarray  # float32 [n, 10]
+    probabilities: np.ndarray  # float32 [n, 10], the most likely digit first among equals
+    digit_score: np.ndarray | None  # float32 [n]: P(the input is a digit); None if the model cannot tell
+    is_digit: np.ndarray  # bool [n]: digit_score >= threshold, and never for a blank image
     name: str
     version: str
 
@@ -81,6 +87,7 @@ def load(settings: Settings, served: ModelRuntime | None = None) -> ModelRuntime
             raise ModelLoadError(
                 f"candidate input {runtime.input.as_dict()} differs from the served {served.input.as_dict()}"
             )
+    digit_threshold(runtime, settings)  # a malformed threshold is the candidate's fault, found now
     return runtime
 
 
@@ -100,6 +107,20 @@ def prepare(settings: Settings, served: ModelRuntime | None = None) -> ModelRunt
     return runtime
 
 
+def digit_threshold(runtime: ModelRuntime, settings: Settings) -> float | None:
+    """MNIST_DIGIT_THRESHOLD, else the threshold the trainer chose (ONNX metadata `digit_threshold`);
+    None for a model without a digit_score output."""
+    if not runtime.scores_digits:
+        return None
+    if settings.digit_threshold is not None:
+        return settings.digit_threshold
+    try:
+        return float(runtime.metadata.get("digit_threshold", DEFAULT_DIGIT_THRESHOLD))
+    except ValueError:
+        text = runtime.metadata["digit_threshold"]
+        raise ModelLoadError(f"digit_threshold metadata is not a number: {text!r}") from None
+
+
 class ServedModel:
     """One prepared model in service: its batcher, readiness, leases and metric children."""
 
@@ -108,10 +129,13 @@ class ServedModel:
         self.name = runtime.name
         self.version = runtime.version
         self.sha256 = runtime.sha256
+        self.threshold = digit_threshold(runtime, settings)
         labels = (self.name, self.version)
         self._info = metrics.MODEL_INFO.labels(*labels, self.sha256, runtime.provider)
         self._confidence = metrics.CONFIDENCE.labels(*labels)
         self._predictions = [metrics.PREDICTIONS.labels(*labels, str(digit)) for digit in range(10)]
+        self._not_digits = metrics.PREDICTIONS.labels(*labels, "none")
+        self._digit_score = metrics.DIGIT_SCORE.labels(*labels)
         self.batcher = Batcher(
             runtime.run,
             max_batch_size=settings.max_batch_size,
@@ -128,16 +152,22 @@ class ServedModel:
     # --- what the routes call ------------------------------------------------------------------------
 
     async def classify(self, images: np.ndarray) -> Classification:
-        """uint8 images [n, h, w] (0..255, 0 = background) -> the digit probabilities."""
+        """uint8 images [n, h, w] (0..255, 0 = background) -> digit probabilities and whether each is a
+        digit at all. A blank image is never a digit (digit_score 0), whatever the model makes of it."""
         outputs = await self.batcher.predict(self.runtime.from_pixels(images))
-        return Classification(outputs[PROBABILITIES], self.name, self.version)
+        blank = images.reshape(len(images), -1).max(axis=1) == 0
+        score = outputs.get(DIGIT_SCORE)
+        if score is None:
+            return Classification(outputs[PROBABILITIES], None, ~blank, self.name, self.version)
+        score = np.where(blank, np.float32(0), score)
+        return Classification(outputs[PROBABILITIES], score, score >= self.threshold, self.name, self.version)
 
     async def infer(self, x: np.ndarray) -> Outputs:
         """Model inputs [n, *item_shape] -> every output by name (KServe V2)."""
         return await self.batcher.predict(x)
 
     def describe(self) -> dict[str, Any]:
-        return self.runtime.describe()
+        return {**self.runtime.describe(), "digit_threshold": self.threshold}
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -184,9 +214,19 @@ class ServedModel:
         await self.batcher.stop()
 
     def _observe(self, outputs: Outputs) -> None:
-        """Per-batch prediction metrics, on the event loop."""
+        """Per-batch prediction metrics, on the event loop: a digit count for inputs the model takes for
+        digits, "none" for the others."""
         probabilities = outputs[PROBABILITIES]
-        for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10).tolist()):
+        digits = probabilities.argmax(axis=1)
+        score = outputs.get(DIGIT_SCORE)
+        if score is not None:
+            is_digit = score >= self.threshold
+            digits = digits[is_digit]
+            if rejected := len(is_digit) - len(digits):
+                self._not_digits.inc(rejected)
+            for value in score.tolist():
+                self._digit_score.observe(value)
+        for digit, count in enumerate(np.bincount(digits, minlength=10).tolist()):
             if count:
                 self._predictions[digit].inc(count)
         for confidence in probabilities.max(axis=1).tolist():

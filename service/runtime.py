@@ -20,6 +20,8 @@ CPU = "CPUExecutionProvider"
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 # The output the predict routes read; the contract names it, the model must have it.
 PROBABILITIES = "probabilities"
+# Optional: the probability that the input is a digit at all, [N]; the model card's threshold goes with it.
+DIGIT_SCORE = "digit_score"
 
 # onnxruntime type strings -> (KServe V2 datatype, numpy dtype).
 _TYPES = {
@@ -128,8 +130,11 @@ class ModelRuntime:
         self.outputs = [TensorSpec.from_node(node) for node in self.session.get_outputs()]
         if len(self.inputs) != 1 or self.inputs[0].shape[0] != -1 or -1 in self.inputs[0].shape[1:]:
             raise ModelLoadError(f"expected one input with only a dynamic batch dimension, got {self.inputs}")
-        if PROBABILITIES not in {spec.name for spec in self.outputs}:
-            raise ModelLoadError(f"model has no {PROBABILITIES!r} output: {self.outputs}")
+        shapes = {spec.name: spec.shape for spec in self.outputs}
+        if shapes.get(PROBABILITIES) != (-1, 10):
+            raise ModelLoadError(f"model needs a {PROBABILITIES!r} output shaped [N, 10]: {self.outputs}")
+        if shapes.get(DIGIT_SCORE, (-1,)) != (-1,):
+            raise ModelLoadError(f"the {DIGIT_SCORE!r} output must be shaped [N]: {self.outputs}")
 
         self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map
         self.name = self.metadata.get("name", path.stem)
@@ -178,6 +183,10 @@ class ModelRuntime:
         """Run every batch shape 1..max_batch_size once, so no request pays for a first run."""
         for size in range(1, max_batch_size + 1):
             self.run(np.zeros((size, *self.item_shape), dtype=self.input.dtype))
+
+    @property
+    def scores_digits(self) -> bool:
+        return any(spec.name == DIGIT_SCORE for spec in self.outputs)
 
     def describe(self) -> dict[str, Any]:
         """Public metadata for /v1/models/<name>."""

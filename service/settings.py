@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         64, ge=1, le=4096, description="images per onnxruntime run (and warm-up shapes)"
     )
     max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait for a batch to fill")
+    digit_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="digit_score below it: is_digit false; unset: the model's own"
+    )
     max_queue: int = Field(1024, ge=1, description="images waiting for a run before 503 + Retry-After")
     request_timeout_s: float = Field(10.0, gt=0.0, description="deadline for a request's inference (504)")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit (413)")

@@ -1,8 +1,9 @@
 """A small model that honours the ONNX contract, built with onnx.helper, so service tests need no trainer run.
 
-Normalize -> Conv(4 filters, 5x5) -> ReLU -> Flatten -> Linear(10); outputs `logits` and
-`probabilities` = softmax(logits / T); metadata name/version and `self_test` (the shipped reference digits
-with the labels this model gives them, as the trainer records its own); a card next to it with test_accuracy.
+Normalize -> Conv(4 filters, 5x5) -> ReLU -> Flatten -> Linear(10); outputs `logits`,
+`probabilities` = softmax(logits / T) and `digit_score` [N]; metadata name, version, `digit_threshold` and
+`self_test` (the shipped reference digits with the labels this model gives them, as the trainer records its
+own); a card next to it with test_accuracy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.model import SHIPPED_REFERENCES, references
 
-NAME, VERSION, TEST_ACCURACY = "lenet5", "0.0.1-test", 0.5
+NAME, VERSION, TEST_ACCURACY, DIGIT_THRESHOLD = "lenet5", "0.0.1-test", 0.5, 0.5
 
 
 def build_model(
@@ -40,6 +41,7 @@ def build_model(
         "fc_w": rng.normal(0, 0.05, (4 * 24 * 24, 10)).astype(np.float32),
         "fc_b": rng.normal(0, 0.1, (10,)).astype(np.float32),
         "temperature": np.array(1.5, np.float32),
+        "score_shift": np.array(1.0, np.float32),
     }
     nodes = [
         helper.make_node("Sub", ["image", "mean"], ["centred"]),
@@ -51,10 +53,15 @@ def build_model(
         helper.make_node("Add", ["matmul", "fc_b"], ["logits"]),
         helper.make_node("Div", ["logits", "temperature"], ["scaled"]),
         helper.make_node("Softmax", ["scaled"], ["probabilities"], axis=1),
+        # digit_score [N]: a stand-in for a trained digit head, the sigmoid of the largest logit, shifted
+        helper.make_node("ReduceMax", ["logits"], ["top"], axes=[1], keepdims=0),
+        helper.make_node("Sub", ["top", "score_shift"], ["shifted"]),
+        helper.make_node("Sigmoid", ["shifted"], ["digit_score"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])]
     if with_probabilities:
         outputs.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10]))
+    outputs.append(helper.make_tensor_value_info("digit_score", TensorProto.FLOAT, ["batch"]))
     graph = helper.make_graph(
         nodes,
         "lenet5_test",
@@ -64,7 +71,12 @@ def build_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    props = {"name": NAME, "version": version, "test_accuracy": str(TEST_ACCURACY)}
+    props = {
+        "name": NAME,
+        "version": version,
+        "test_accuracy": str(TEST_ACCURACY),
+        "digit_threshold": str(DIGIT_THRESHOLD),
+    }
     if with_probabilities and self_test_labels != "none":
         props["self_test"] = _self_test(model, self_test_labels == "wrong")
     helper.set_model_props(model, props)

@@ -36,10 +36,10 @@ class HeldDecoder(ImageDecoder):
         self.decoding = threading.Event()
         self.go = threading.Event()
 
-    def _decode(self, files: list[bytes]) -> np.ndarray:
+    def _decode(self, files: list[bytes], batch: bool) -> np.ndarray:
         self.decoding.set()
         self.go.wait(10)
-        return super()._decode(files)
+        return super()._decode(files, batch)
 
 
 async def until(condition, timeout: float = 5.0) -> None:

@@ -14,8 +14,9 @@ from PIL import Image, ImageDraw
 
 from service.app import create_app
 from service.settings import Settings
+from tests.liveserver import metric_sum
 from tests.realistic import encode
-from tests.service_model import NAME, TEST_ACCURACY, VERSION
+from tests.service_model import DIGIT_THRESHOLD, NAME, TEST_ACCURACY, VERSION
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (5, 28, 28))
@@ -56,7 +57,8 @@ def digit_png(size: tuple[int, int] = (200, 260), fmt: str = "PNG") -> bytes:
 
 
 def check_prediction(body: dict) -> None:
-    assert set(body) >= {"digit", "confidence", "probabilities", "model"}
+    assert set(body) >= {"digit", "confidence", "probabilities", "is_digit", "digit_score", "model"}
+    assert body["is_digit"] == (body["digit_score"] >= DIGIT_THRESHOLD)
     probabilities = np.array(body["probabilities"])
     assert probabilities.shape == (10,)
     assert abs(probabilities.sum() - 1) < 1e-4
@@ -169,7 +171,9 @@ def test_model_metadata_comes_from_the_model(client: TestClient, model_path: Pat
     assert body["outputs"] == [
         {"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+        {"name": "digit_score", "datatype": "FP32", "shape": [-1]},
     ]
+    assert body["digit_threshold"] == DIGIT_THRESHOLD  # from the model's metadata
     error(client.get("/v1/models/resnet"), 404, "resnet")
 
 
@@ -260,15 +264,49 @@ def test_bad_batch_instances(client: TestClient) -> None:
 
 
 def test_blank_pixels_are_no_digit(client: TestClient) -> None:
-    """All-background pixels get the same 422 as a blank image, not a confident guess."""
+    """A single all-background input gets 422 like a blank image, not a confident guess; in a batch it is
+    answered is_digit false (digit_score 0) and the other items as usual."""
     error(client.post("/predict", json={"pixels": [0] * 784}), 422, "no digit found")
     instances = [PIXELS[0].tolist(), [0] * 784, PIXELS[1].tolist(), [[0] * 28] * 28]
-    error(client.post("/predict/batch", json={"instances": instances}), 422, "no digit", "[1, 3]")
+    predictions = client.post("/predict/batch", json={"instances": instances}).json()["predictions"]
+    alone = [client.post("/predict", json={"pixels": PIXELS[i].tolist()}).json() for i in (0, 1)]
+    assert [predictions[0], predictions[2]] == alone
+    for blank in (predictions[1], predictions[3]):
+        assert (blank["is_digit"], blank["digit_score"]) == (False, 0.0)
     raw = np.zeros((3, 784), np.uint8)
     raw[1, 400] = 1
     octet = {"content-type": "application/octet-stream"}
-    error(client.post("/predict/batch", content=raw.tobytes(), headers=octet), 422, "[0, 2]")
-    assert client.post("/predict/batch", content=raw[1:2].tobytes(), headers=octet).status_code == 200
+    answer = client.post("/predict/batch", content=raw.tobytes(), headers=octet).json()["predictions"]
+    assert [p["is_digit"] for p in answer][0::2] == [False, False]
+
+
+def test_an_image_without_a_digit_does_not_fail_a_batch(client: TestClient) -> None:
+    blank = encode(Image.new("L", (100, 100), 255), "PNG")
+    files = [("files", ("7.png", digit_png())), ("files", ("blank.png", blank))]
+    seven, nothing = client.post("/predict/batch", files=files).json()["predictions"]
+    assert seven == client.post("/predict", files={"file": ("7.png", digit_png())}).json()
+    assert (nothing["is_digit"], nothing["digit_score"]) == (False, 0.0)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_digit_threshold_setting_overrides_the_model(model_path: Path, threshold: float) -> None:
+    client = started(make_app(model_path, digit_threshold=threshold))
+    try:
+        assert client.get(f"/v1/models/{NAME}").json()["digit_threshold"] == threshold
+        instances = [row.tolist() for row in PIXELS]
+        before = client.get("/metrics").text
+        predictions = client.post("/predict/batch", json={"instances": instances}).json()["predictions"]
+        assert {p["is_digit"] for p in predictions} == {threshold == 0.0}
+        after = client.get("/metrics").text
+
+        def grew(name: str, **labels: str) -> float:
+            return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+        assert grew("mnist_predictions_total", digit="none") == (0 if threshold == 0.0 else len(instances))
+        assert grew("mnist_predictions_total") == len(instances)
+        assert grew("mnist_digit_score_count") == len(instances)
+    finally:
+        client.__exit__(None, None, None)
 
 
 def test_media_types(client: TestClient) -> None:

@@ -57,7 +57,7 @@ def test_spec_and_identity_are_read_from_the_model(runtime: ModelRuntime) -> Non
     assert (runtime.name, runtime.version) == (NAME, VERSION)
     assert runtime.input.name == "image" and runtime.input.shape == (-1, 1, 28, 28)
     assert runtime.item_shape == (1, 28, 28) and runtime.image_shape == (28, 28)
-    assert [spec.name for spec in runtime.outputs] == ["logits", "probabilities"]
+    assert [spec.name for spec in runtime.outputs] == ["logits", "probabilities", "digit_score"]
     x = runtime.from_pixels(np.full((2, 28, 28), 255, np.uint8))
     assert x.dtype == np.float32 and x.shape == (2, 1, 28, 28) and x.max() == 1.0
     outputs = runtime.run(x)

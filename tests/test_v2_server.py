@@ -82,6 +82,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient, described: di
             "name": MODEL,
             "versions": [described["version"]],
             "platform": "onnxruntime_onnx",
+            "parameters": {"digit_threshold": described["digit_threshold"]},
             "inputs": described["inputs"],
             "outputs": described["outputs"],
         }

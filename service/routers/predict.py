@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -18,7 +18,7 @@ from service.decoding import ImageDecoder
 from service.dependencies import repository, require_api_key
 from service.errors import Invalid, Reason
 from service.media import Accepts, Body
-from service.model import ServedModel
+from service.model import Classification
 from service.repository import ModelRepository
 
 router = APIRouter(tags=["predict"])
@@ -30,11 +30,13 @@ class ModelRef(BaseModel):
 
 
 class Prediction(BaseModel):
-    digit: int
-    confidence: float
-    probabilities: list[float]
+    digit: int = Field(description="the most likely digit (trust it only if is_digit)")
+    confidence: float = Field(description="its probability, calibrated on digits")
+    probabilities: list[float] = Field(description="10 probabilities, digits 0..9")
+    is_digit: bool = Field(description="whether the input is a digit at all (digit_score >= the threshold)")
+    digit_score: float | None = Field(description="the model's probability that the input is a digit")
     model: ModelRef
-    preprocessed: list[list[int]] | None = None
+    preprocessed: list[list[int]] | None = Field(None, description="?debug=true: the 28x28 the model saw")
 
 
 class Predictions(BaseModel):
@@ -69,10 +71,10 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
         await form.close()
 
 
-async def _images(request: Request, files: list[bytes]) -> np.ndarray:
+async def _images(request: Request, files: list[bytes], *, batch: bool = False) -> np.ndarray:
     """Image files -> MNIST-normalized uint8 [n, 28, 28], decoded off the event loop."""
     decoder: ImageDecoder = request.app.state.decoder
-    return await decoder.decode(files)
+    return await decoder.decode(files, batch=batch)
 
 
 def _max_items(request: Request) -> int:
@@ -99,7 +101,7 @@ async def _instances(request: Request, shape: tuple[int, int]) -> np.ndarray:
 
 
 async def _batch_files(request: Request, shape: tuple[int, int]) -> np.ndarray:
-    return await _images(request, await _files(request, "files", _max_items(request)))
+    return await _images(request, await _files(request, "files", _max_items(request)), batch=True)
 
 
 async def _raw(request: Request, shape: tuple[int, int]) -> np.ndarray:
@@ -148,25 +150,30 @@ def _flag(value: str, name: str) -> bool:
     raise Invalid(f"query parameter {name} must be true or false, got {value!r}", Reason.VALIDATION)
 
 
-async def _predictions(model: ServedModel, images: np.ndarray) -> list[dict[str, Any]]:
-    """Run uint8 images [n, h, w] through the model; one response object per image, in order."""
-    blank = np.flatnonzero(images.reshape(len(images), -1).max(axis=1) == 0)
-    if blank.size:  # an empty image has no answer; a confident guess at one would mislead
-        where = "the image" if len(images) == 1 else f"images {blank[:10].tolist()}"
-        raise Invalid(f"no digit found: every pixel of {where} is 0 (background)", Reason.NO_DIGIT)
-    result = await model.classify(images)
+def _predictions(result: Classification) -> list[dict[str, Any]]:
+    """One response object per image, in order."""
     ref = {"name": result.name, "version": result.version}
     digits = result.probabilities.argmax(axis=1).tolist()
+    scores = [None] * len(digits) if result.digit_score is None else result.digit_score.tolist()
     return [
-        {"digit": digit, "confidence": row[digit], "probabilities": row, "model": ref}
-        for digit, row in zip(digits, result.probabilities, strict=True)
+        {
+            "digit": digit,
+            "confidence": row[digit],
+            "probabilities": row,
+            "is_digit": is_digit,
+            "digit_score": score,
+            "model": ref,
+        }
+        for digit, row, is_digit, score in zip(
+            digits, result.probabilities, result.is_digit.tolist(), scores, strict=True
+        )
     ]
 
 
 async def _classify(models: ModelRepository, images: np.ndarray) -> list[dict[str, Any]]:
     """On the model serving now; a reload meanwhile lets this request finish on it."""
     with models.lease() as model:
-        return await _predictions(model, images)
+        return _predictions(await model.classify(images))
 
 
 def _json(content: Any) -> Response:
@@ -182,6 +189,8 @@ async def predict(request: Request) -> Response:
     models = await _admit(request)
     debug = bool(request.scope["query_string"]) and _flag(request.query_params.get("debug", "false"), "debug")
     images = await SINGLE.reader(request)(request, models.get().runtime.image_shape)
+    if not images.any():  # an empty image has no answer; a confident guess at one would mislead
+        raise Invalid("no digit found: every pixel of the image is 0 (background)", Reason.NO_DIGIT)
     (result,) = await _classify(models, images)
     if debug:
         result["preprocessed"] = images[0]
@@ -190,7 +199,8 @@ async def predict(request: Request) -> Response:
 
 @router.post("/predict/batch", response_model=Predictions, openapi_extra=BATCH.openapi())
 async def predict_batch(request: Request) -> Response:
-    """Many digits, in order: JSON `instances`, multipart `files`, or octet-stream N x 784 uint8."""
+    """Many digits, in order: JSON `instances`, multipart `files`, or octet-stream N x 784 uint8. A blank
+    image or one that is not a digit comes back with is_digit false; it never fails the batch."""
     models = await _admit(request)
     images = await BATCH.reader(request)(request, models.get().runtime.image_shape)
     return _json({"predictions": await _classify(models, images)})

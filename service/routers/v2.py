@@ -106,11 +106,13 @@ async def model_ready(model: ModelDep) -> dict[str, Any]:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}", dependencies=VERSIONED)
 async def model_metadata(model: ModelDep) -> dict[str, Any]:
-    """Name, versions, platform and the input/output spec read from the ONNX model (-1 = batch)."""
+    """Name, versions, platform and the input/output spec read from the ONNX model (-1 = batch); the
+    digit_score threshold under `parameters`."""
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": PLATFORM,
+        "parameters": {"digit_threshold": model.threshold},
         "inputs": [spec.as_dict() for spec in model.runtime.inputs],
         "outputs": [spec.as_dict() for spec in model.runtime.outputs],
     }
