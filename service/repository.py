@@ -29,6 +29,7 @@ from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+RESULTS = ("loaded", "unchanged", "refused")
 
 
 class ModelRepository:
@@ -40,6 +41,8 @@ class ModelRepository:
         self.last_reload: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        for result in RESULTS:  # every series exists from the start, so rates and dashboards read 0, not nothing
+            metrics.RELOADS.labels(result)
 
     # --- what the routes use -------------------------------------------------------------------------
 
