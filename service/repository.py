@@ -41,7 +41,9 @@ class ModelRepository:
         self.last_reload: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        for result in RESULTS:  # every series exists from the start, so rates and dashboards read 0, not nothing
+        for (
+            result
+        ) in RESULTS:  # every series exists from the start, so rates and dashboards read 0, not nothing
             metrics.RELOADS.labels(result)
 
     # --- what the routes use -------------------------------------------------------------------------
