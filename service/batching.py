@@ -42,13 +42,17 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         timeout_s: float,
+        inline_max: int = 0,
         labels: tuple[str, str] = ("", ""),
         provider: str = "",
         on_batch: Callable[[Outputs], None] | None = None,
     ) -> None:
-        """`run` computes a batch (in the worker thread); `on_batch` sees each batch's outputs on the event
-        loop (per-batch metrics); `labels` (model, version) and `provider` label the batching metrics."""
+        """`run` computes a batch in the worker thread, or on the event loop when it has at most
+        `inline_max` images (the thread hand-off costs more than such a run); `on_batch` sees each batch's
+        outputs on the event loop (per-batch metrics); `labels` (model, version) and `provider` label the
+        batching metrics."""
         self.run = run
+        self.inline_max = inline_max
         self.on_batch = on_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -176,7 +180,10 @@ class Batcher:
                 self._queue_wait.observe(started - item.enqueued)
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
             try:
-                outputs, seconds = await loop.run_in_executor(self._executor, self._timed_run, x)
+                if len(x) <= self.inline_max:
+                    outputs, seconds = self._timed_run(x)
+                else:
+                    outputs, seconds = await loop.run_in_executor(self._executor, self._timed_run, x)
             except asyncio.CancelledError:  # stop() during a run: its callers must not wait for the deadline
                 self._fail(batch, self._shutting_down())
                 raise
@@ -197,7 +204,7 @@ class Batcher:
                 start = end
 
     def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float]:
-        """In the worker thread: the model run and nothing else (Python here would contend for the GIL)."""
+        """The model run and nothing else (in the worker thread, Python would contend for the GIL)."""
         started = time.perf_counter()
         outputs = self.run(x)
         return outputs, time.perf_counter() - started

@@ -18,7 +18,7 @@ import numpy as np
 
 from service import metrics
 from service.batching import Batcher, Outputs
-from service.runtime import DIGIT_SCORE, PROBABILITIES, ModelLoadError, ModelRuntime
+from service.runtime import CPU, DIGIT_SCORE, PROBABILITIES, ModelLoadError, ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ class ServedModel:
             max_wait_ms=settings.max_batch_wait_ms,
             max_queue=settings.max_queue,
             timeout_s=settings.request_timeout_s,
+            # A GPU run waits on the device: never on the event loop, whatever its size.
+            inline_max=settings.inline_batch_max if runtime.provider == CPU else 0,
             labels=labels,
             provider=runtime.provider,
             on_batch=self._observe,

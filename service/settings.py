@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         64, ge=1, le=4096, description="images per onnxruntime run (and warm-up shapes)"
     )
+    inline_batch_max: int = Field(
+        4,
+        ge=0,
+        description="CPU batches up to this many images run on the event loop (no thread hand-off); 0: never",
+    )
     max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait for a batch to fill")
     digit_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="digit_score below it: is_digit false; unset: the model's own"

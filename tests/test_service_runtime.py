@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -206,3 +207,27 @@ def test_stop_fails_queued_requests(counting: CountingRuntime) -> None:
 
     results = asyncio.run(asyncio.wait_for(body(), 5))
     assert all(isinstance(r, ApiError) and r.status == 503 for r in results)  # running and queued alike
+
+
+def test_small_batches_run_on_the_loop_and_large_ones_in_the_worker_thread(model_path: Path) -> None:
+    """The thread hand-off costs more than a run of a few images; a long run must never hold the loop."""
+    runtime = ModelRuntime(model_path, "cpu")
+    threads: list[tuple[int, str]] = []
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        threads.append((len(x), threading.current_thread().name))
+        return runtime.run(x)
+
+    async def body() -> str:
+        b = Batcher(run, max_batch_size=64, max_wait_ms=0.0, max_queue=64, timeout_s=10.0, inline_max=4)
+        b.start()
+        try:
+            await b.predict(images(4))
+            await b.predict(images(5))
+        finally:
+            await b.stop()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(body())
+    assert threads[0] == (4, loop_thread)
+    assert threads[1][0] == 5 and threads[1][1].startswith("onnxruntime")
