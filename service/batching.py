@@ -32,6 +32,11 @@ class Batcher:
     The loop takes whatever is queued when the previous run finishes (so load batches itself without
     adding latency when idle), optionally waiting up to `max_wait_ms` for a batch to fill. At most
     `max_queue` images wait; beyond that callers get 503 with Retry-After instead of unbounded waiting.
+
+    Small requests (up to a quarter of a batch: single images) queue apart from the chunks of large ones,
+    and every run takes small ones first, up to that quarter, then the oldest parts of either queue. So a
+    single image waits at most about one run behind a flood of big batches, instead of behind all of them,
+    and big batches still get three quarters of every run.
     """
 
     def __init__(
@@ -58,7 +63,10 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.timeout_s = timeout_s
-        self._pending: deque[_Pending] = deque()
+        self.reserve = max(1, max_batch_size // 4)  # images of every run kept for small requests
+        self._chunk = max(1, max_batch_size - self.reserve)  # large requests queue in parts of this size
+        self._small: deque[_Pending] = deque()
+        self._large: deque[_Pending] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -78,7 +86,7 @@ class Batcher:
 
     async def drain(self) -> None:
         """Wait until every queued request has run (or expired): a retired model finishes its work."""
-        while self._pending or self._running:
+        while self._small or self._large or self._running:
             self._idle.clear()
             await self._idle.wait()
 
@@ -87,9 +95,10 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._fail(self._pending, self._shutting_down())
+        self._fail([*self._small, *self._large], self._shutting_down())
         self._queue_depth.set(0)
-        self._pending.clear()
+        self._small.clear()
+        self._large.clear()
         self._queued = 0
         self._executor.shutdown(wait=True)
 
@@ -104,7 +113,7 @@ class Batcher:
                 item.future.set_exception(exc)
 
     async def predict(self, x: np.ndarray) -> Outputs:
-        """Outputs for `x` [k, *item_shape]; inputs above max_batch_size run as several batches."""
+        """Outputs for `x` [k, *item_shape]; large inputs run in parts, over several batches."""
         k = len(x)
         if not k:
             raise Invalid("no images to predict", Reason.EMPTY_BATCH)
@@ -115,9 +124,10 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         futures = []
-        for start in range(0, k, self.max_batch_size):
+        queue, part = (self._small, k) if k <= self.reserve else (self._large, self._chunk)
+        for start in range(0, k, part):
             future = loop.create_future()
-            self._pending.append(_Pending(x[start : start + self.max_batch_size], future))
+            queue.append(_Pending(x[start : start + part], future))
             futures.append(future)
         self._queued += k
         self._wake.set()
@@ -138,26 +148,41 @@ class Batcher:
             if not future.done():
                 future.set_exception(Timeout(f"inference did not finish within {self.timeout_s:g} s"))
 
+    def _oldest(self) -> deque[_Pending] | None:
+        """The queue whose first part has waited longest."""
+        if not (self._small and self._large):
+            return self._small or self._large or None
+        return self._small if self._small[0].enqueued <= self._large[0].enqueued else self._large
+
     def _take(self) -> list[_Pending]:
-        """Whole queued parts up to max_batch_size images; parts whose caller gave up are dropped."""
+        """Whole queued parts up to max_batch_size images: small ones first up to the reserve, then the
+        oldest of either queue; parts whose caller gave up are dropped."""
         batch: list[_Pending] = []
         size = 0
-        while self._pending:
-            item = self._pending[0]
-            n = len(item.x)
-            if batch and size + n > self.max_batch_size:
-                break
-            self._pending.popleft()
+
+        def take(queue: deque[_Pending], limit: int) -> bool:
+            """Move the first part of `queue` into the batch if the batch stays within `limit`."""
+            nonlocal size
+            n = len(queue[0].x)
+            if batch and size + n > limit:
+                return False
+            item = queue.popleft()
             self._queued -= n
             if not item.future.done():
                 batch.append(item)
                 size += n
+            return True
+
+        while self._small and take(self._small, self.reserve):
+            pass
+        while (queue := self._oldest()) is not None and take(queue, self.max_batch_size):
+            pass
         return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            if not (self._small or self._large):
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
@@ -166,7 +191,7 @@ class Batcher:
             self._queue_depth.set(self._queued)
             if self.max_wait and self._queued < self.max_batch_size:
                 self._full.clear()
-                remaining = self._pending[0].enqueued + self.max_wait - time.perf_counter()
+                remaining = self._oldest()[0].enqueued + self.max_wait - time.perf_counter()
                 if remaining > 0:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._full.wait(), remaining)

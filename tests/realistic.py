@@ -222,9 +222,9 @@ def coloured(rng: Rng, digit: np.ndarray, label: int) -> bytes:
     return encode(finish(rng, canvas, 3), "PNG")
 
 
-def canvas_png(rng: Rng, digit: np.ndarray, label: int) -> bytes:
+def canvas_png(rng: Rng, digit: np.ndarray, label: int, side: int | None = None) -> bytes:
     """A transparent web-canvas export: stroke colour under the strokes, black RGB under alpha 0."""
-    side = int(rng.integers(200, 400))
+    side = side or int(rng.integers(200, 400))
     alpha = mnist_ink(digit, int(side * rng.uniform(0.5, 0.85)))
     rgba = np.zeros((side, side, 4), dtype=np.float32)
     place(rng, rgba, np.clip(alpha * 1.5, 0, 1), (255,) * 4, 0.03)  # alpha channel, and a white stroke mask

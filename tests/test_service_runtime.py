@@ -155,15 +155,34 @@ def test_an_empty_input_is_refused(counting: CountingRuntime) -> None:
     assert counting.sizes == []
 
 
-def test_large_inputs_run_in_chunks_of_max_batch_size(counting: CountingRuntime) -> None:
+def test_large_inputs_run_in_parts_within_max_batch_size(counting: CountingRuntime) -> None:
+    """max_batch_size 8: parts of 6 (a quarter of each run stays for small requests), whole parts per run."""
     x = images(19)
 
     async def body(b: Batcher):
         return await b.predict(x)
 
     result = asyncio.run(with_batcher(counting, body))
-    assert counting.sizes == [8, 8, 3]
+    assert counting.sizes == [6, 6, 7]
     assert np.array_equal(result["probabilities"], counting.run(x)["probabilities"])
+
+
+def test_small_requests_do_not_wait_behind_large_ones(counting: CountingRuntime) -> None:
+    """Two large requests queue 4 runs; a single image sent after them runs in the first of them, and the
+    large ones still finish (each run keeps room for them)."""
+    counting.delay = 0.02
+    order: list[str] = []
+
+    async def body(b: Batcher):
+        async def send(name: str, n: int) -> None:
+            await b.predict(images(n))
+            order.append(name)
+
+        return await asyncio.gather(send("large-1", 12), send("large-2", 12), send("single", 1))
+
+    asyncio.run(with_batcher(counting, body))
+    assert order[0] == "single" and sorted(order[1:]) == ["large-1", "large-2"]
+    assert counting.sizes[0] == 7 and sum(counting.sizes) == 25  # the single and a part of 6
 
 
 def test_a_full_queue_refuses_with_retry_after(counting: CountingRuntime) -> None:
