@@ -79,9 +79,17 @@ def _bind(host: str, port: int, *, exclusive: bool = False) -> _WorkerListener:
 def _environment_help() -> str:
     """The settings, from their one definition in service/settings.py."""
     lines = ["environment (every setting):"]
-    for name, field in Settings.model_fields.items():
-        default = "number of cores" if field.default_factory else field.default
-        lines.append(f"  MNIST_{name.upper():<20} {field.description or name} [{default}]")
+    for variable, default, meaning in Settings.reference():
+        lines.append(f"  {variable:<26} {meaning} [{default}]")
+    return "\n".join(lines)
+
+
+def settings_table() -> str:
+    """The README's configuration table (tests/test_readme.py checks they are equal)."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    lines += [
+        f"| `{variable}` | `{default}` | {meaning} |" for variable, default, meaning in Settings.reference()
+    ]
     return "\n".join(lines)
 
 
@@ -108,12 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
+        "--settings-table", action="store_true", help="print every setting as a markdown table and exit"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=defaults.workers,
         help="worker processes (default: MNIST_WORKERS or the number of cores)",
     )
     args = parser.parse_args(argv)
+    if args.settings_table:
+        print(settings_table())
+        return
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     # Workers build their own Settings from the environment: pass the resolved worker count on.

@@ -84,7 +84,28 @@ class Settings(BaseSettings):
             raise ValueError(f"max_batch_items {self.max_batch_items} exceeds max_queue {self.max_queue}")
         return self
 
+    @classmethod
+    def reference(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) of every setting: `mnist-serve --help` and the README's table."""
+        rows = []
+        for name, field in cls.model_fields.items():
+            default = "number of cores" if field.default_factory else _shown(field.default)
+            rows.append((f"MNIST_{name.upper()}", default, field.description or ""))
+        return rows
+
     @property
     def threads_per_worker(self) -> int:
         """onnxruntime intra-op threads: explicit, or the cores shared out so workers x threads <= cores."""
         return self.intra_op_threads or max(1, cores() // self.workers)
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, Path):
+        return str(value.relative_to(ROOT)) if value.is_relative_to(ROOT) else str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(value) or "empty"
+    return str(value)
