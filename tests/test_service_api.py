@@ -66,10 +66,12 @@ def check_prediction(body: dict) -> None:
 
 
 def error(response, status: int, *needles: str) -> str:
-    """The response is a JSON error with this status whose message mentions every needle."""
+    """The response is a JSON error with this status whose message mentions every needle, and the
+    request's ID in the body and the header."""
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in body["error"]
     for needle in needles:
         assert needle in body["error"], body["error"]
