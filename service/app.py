@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
-from service import errors, logs, metrics, requestid
+from service import errors, logs, metrics, openapi, requestid
 from service.decoding import ImageDecoder
 from service.errors import ApiError, Internal, Invalid, Reason, TooLarge
 from service.model import load
@@ -242,4 +242,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, access_log=logs.access_enabled(settings.log_format))
+    openapi.document(app)
     return app

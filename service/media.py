@@ -1,5 +1,5 @@
 """The request bodies a route accepts, declared once: the list drives the dispatch on Content-Type, the 415
-message and the OpenAPI request body, so the three cannot disagree."""
+message, the early queue check and the OpenAPI request body, so they cannot disagree."""
 
 from __future__ import annotations
 
@@ -14,6 +14,19 @@ from service.errors import Unsupported
 
 # Reads one accepted body into uint8 images [n, h, w]; `shape` is the model's (h, w).
 Reader = Callable[[Request, tuple[int, int]], Awaitable[np.ndarray]]
+# The fewest images a body can hold, from its Content-Length (None: not sent) and the pixels per image,
+# known before it is read: what the batching queue must have room for.
+Counter = Callable[[int | None, int], int]
+
+
+def one_image(length: int | None, pixels: int) -> int:
+    """JSON and images: any non-empty body may hold a single image (whitespace can pad JSON at will)."""
+    return 1
+
+
+def raw_images(length: int | None, pixels: int) -> int:
+    """Raw uint8 bytes: exactly length / pixels images."""
+    return max(1, (length or 0) // pixels)
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,7 @@ class Body:
     schema: dict[str, Any]
     read: Reader
     note: str = ""  # what else the client must know, e.g. the multipart field name
+    least_images: Counter = one_image
 
     def matches(self, media_type: str) -> bool:
         if self.media_type.endswith("/*"):
@@ -38,12 +52,12 @@ class Accepts:
     def __init__(self, *bodies: Body) -> None:
         self.bodies = bodies
 
-    def reader(self, request: Request) -> Reader:
-        """The reader for this request's Content-Type; 415 naming every accepted type otherwise."""
+    def select(self, request: Request) -> Body:
+        """The body this request's Content-Type declares; 415 naming every accepted type otherwise."""
         media_type = media_type_of(request)
         for body in self.bodies:
             if body.matches(media_type):
-                return body.read
+                return body
         accepted = ", ".join(str(body) for body in self.bodies)
         raise Unsupported(f"unsupported content type {media_type or '(none)'!r}; send {accepted}")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -16,12 +16,16 @@ from starlette.exceptions import HTTPException
 from service import codecs
 from service.decoding import ImageDecoder
 from service.dependencies import repository, require_api_key
-from service.errors import Invalid, Reason
-from service.media import Accepts, Body
+from service.errors import Busy, Invalid, Reason, Timeout, TooLarge, Unauthorized, Unsupported
+from service.media import Accepts, Body, raw_images
 from service.model import ServedModel
+from service.openapi import PIXELS, error_responses
 from service.repository import ModelRepository
 
 router = APIRouter(tags=["predict"])
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class ModelRef(BaseModel):
@@ -30,18 +34,19 @@ class ModelRef(BaseModel):
 
 
 class Prediction(BaseModel):
-    digit: int
-    confidence: float
-    probabilities: list[float]
-    model: ModelRef
-    preprocessed: list[list[int]] | None = None
+    digit: int = Field(ge=0, description="the most probable class")
+    confidence: Probability = Field(description="its probability")
+    probabilities: list[Probability] = Field(min_length=1, description="one per class, summing to 1")
+    model: ModelRef = Field(description="the model that answered")
+    preprocessed: list[list[Annotated[int, Field(ge=0, le=255)]]] | None = Field(
+        None, description="with ?debug=true: the 28 x 28 image the model saw"
+    )
 
 
 class Predictions(BaseModel):
-    predictions: list[Prediction]
+    predictions: list[Prediction] = Field(description="one per image, in the order sent")
 
 
-PIXELS_DOC = {"type": "array", "description": "28 rows of 28 or 784 flat integers 0..255, 0 = background"}
 IMAGE_DOC = {"type": "string", "format": "binary"}
 DEBUG_DOC = {
     "name": "debug",
@@ -110,16 +115,22 @@ def _object(field: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": {field: schema}, "required": [field]}
 
 
+INSTANCES = {
+    "type": "array",
+    "items": PIXELS,
+    "minItems": 1,
+    "description": "at most MNIST_MAX_BATCH_ITEMS (413 beyond)",
+}
 SINGLE = Accepts(
-    Body("application/json", _object("pixels", PIXELS_DOC), _pixels),
+    Body("application/json", _object("pixels", PIXELS), _pixels),
     Body("multipart/form-data", _object("file", IMAGE_DOC), _file, "field file"),
     Body("image/*", IMAGE_DOC, _image),
 )
 BATCH = Accepts(
-    Body("application/json", _object("instances", {"type": "array", "items": PIXELS_DOC}), _instances),
+    Body("application/json", _object("instances", INSTANCES), _instances),
     Body(
         "multipart/form-data",
-        _object("files", {"type": "array", "items": IMAGE_DOC}),
+        _object("files", {"type": "array", "items": IMAGE_DOC, "minItems": 1}),
         _batch_files,
         "field files",
     ),
@@ -127,17 +138,26 @@ BATCH = Accepts(
         "application/octet-stream",
         {**IMAGE_DOC, "description": "N x 784 uint8 bytes, row-major, 0 = background"},
         _raw,
+        least_images=raw_images,
     ),
 )
+# What the predict routes can refuse, in the order they check: key, readiness, content type, queue room,
+# then the body.
+REFUSALS = error_responses(Unauthorized, Busy, Unsupported, TooLarge, Invalid, Timeout)
 
 
-async def _admit(request: Request) -> ModelRepository:
-    """API key and readiness, checked inline: on this hot path FastAPI's dependency solver would cost
-    more than decoding the JSON pixels."""
+async def _admit(request: Request, accepts: Accepts) -> tuple[ModelRepository, Body]:
+    """API key, readiness, content type and room in the batching queue for as many images as the headers
+    promise, all before the body is read: a refusal under overload costs no read or parse. Inline: on
+    this hot path FastAPI's dependency solver would cost more than decoding the JSON pixels."""
     await require_api_key(request)
     models = repository(request)
-    models.get()  # 503 while loading, before the body is read
-    return models
+    model = models.get()  # 503 while loading
+    body = accepts.select(request)
+    length = request.headers.get("content-length")  # BodyLimit has checked that it is a number
+    height, width = model.runtime.image_shape
+    model.batcher.check_room(body.least_images(int(length) if length else None, height * width))
+    return models, body
 
 
 def _flag(value: str, name: str) -> bool:
@@ -163,9 +183,10 @@ async def _predictions(model: ServedModel, images: np.ndarray) -> list[dict[str,
     ]
 
 
-async def _classify(models: ModelRepository, images: np.ndarray) -> list[dict[str, Any]]:
+async def _classify(request: Request, models: ModelRepository, images: np.ndarray) -> list[dict[str, Any]]:
     """On the model serving now; a reload meanwhile lets this request finish on it."""
     with models.lease() as model:
+        request.state.model_version = model.version  # for the access log (service/app.py's Observe)
         return await _predictions(model, images)
 
 
@@ -174,23 +195,26 @@ def _json(content: Any) -> Response:
 
 
 @router.post(
-    "/predict", response_model=Prediction, openapi_extra={**SINGLE.openapi(), "parameters": [DEBUG_DOC]}
+    "/predict",
+    response_model=Prediction,
+    responses=REFUSALS,
+    openapi_extra={**SINGLE.openapi(), "parameters": [DEBUG_DOC]},
 )
 async def predict(request: Request) -> Response:
     """One digit from JSON pixels, a multipart `file`, or a raw image/* body. `?debug=true` adds the
     28x28 image the model saw."""
-    models = await _admit(request)
+    models, body = await _admit(request, SINGLE)
     debug = bool(request.scope["query_string"]) and _flag(request.query_params.get("debug", "false"), "debug")
-    images = await SINGLE.reader(request)(request, models.get().runtime.image_shape)
-    (result,) = await _classify(models, images)
+    images = await body.read(request, models.get().runtime.image_shape)
+    (result,) = await _classify(request, models, images)
     if debug:
         result["preprocessed"] = images[0]
     return _json(result)
 
 
-@router.post("/predict/batch", response_model=Predictions, openapi_extra=BATCH.openapi())
+@router.post("/predict/batch", response_model=Predictions, responses=REFUSALS, openapi_extra=BATCH.openapi())
 async def predict_batch(request: Request) -> Response:
     """Many digits, in order: JSON `instances`, multipart `files`, or octet-stream N x 784 uint8."""
-    models = await _admit(request)
-    images = await BATCH.reader(request)(request, models.get().runtime.image_shape)
-    return _json({"predictions": await _classify(models, images)})
+    models, body = await _admit(request, BATCH)
+    images = await body.read(request, models.get().runtime.image_shape)
+    return _json({"predictions": await _classify(request, models, images)})
