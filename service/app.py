@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import Histogram
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
@@ -49,8 +50,24 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    error = errors.from_status(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-    return error_response(error, request.scope)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette's Allow names the methods of one route; a path can have several
+        headers["Allow"] = ", ".join(_methods(request))
+    return error_response(errors.from_status(exc.status_code, str(exc.detail), headers), request.scope)
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (asked of the router, whose included
+    routers hold their own routes)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -36,6 +36,9 @@ class Body:
     read: Reader
     note: str = ""  # what else the client must know, e.g. the multipart field name
     least_images: Counter = one_image
+    parts: dict[str, str] | None = (
+        None  # multipart: the media type of each file field (parts with a filename)
+    )
 
     def matches(self, media_type: str) -> bool:
         if self.media_type.endswith("/*"):
@@ -44,6 +47,25 @@ class Body:
 
     def __str__(self) -> str:
         return f"{self.media_type} ({self.note})" if self.note else self.media_type
+
+    def openapi(self) -> dict[str, Any]:
+        """Its OpenAPI media type object: the schema, and for multipart each file part's media type and that
+        it is a file (a part without a filename is a text field)."""
+        doc: dict[str, Any] = {"schema": self.schema}
+        if self.parts:
+            doc["encoding"] = {
+                name: {
+                    "contentType": kind,
+                    "headers": {
+                        "Content-Disposition": {
+                            "schema": {"type": "string"},
+                            "example": f'form-data; name="{name}"; filename="digit.png"',
+                        }
+                    },
+                }
+                for name, kind in self.parts.items()
+            }
+        return doc
 
 
 class Accepts:
@@ -63,7 +85,7 @@ class Accepts:
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI `requestBody` of the route (FastAPI's `openapi_extra`)."""
-        content = {body.media_type: {"schema": body.schema} for body in self.bodies}
+        content = {body.media_type: body.openapi() for body in self.bodies}
         return {"requestBody": {"required": True, "content": content}}
 
 

@@ -84,9 +84,11 @@ def error(response, status: int, *needles: str) -> str:
 def test_json_nested_and_flat_agree(client: TestClient) -> None:
     nested = client.post("/predict", json={"pixels": PIXELS[0].tolist()})
     flat = client.post("/predict", json={"pixels": PIXELS[0].ravel().tolist()})
-    assert nested.status_code == flat.status_code == 200
+    # 13.0 is an integer to JSON Schema (and what numpy float arrays' tolist() gives)
+    floats = client.post("/predict", json={"pixels": PIXELS[0].astype(float).tolist()})
+    assert nested.status_code == flat.status_code == floats.status_code == 200
     check_prediction(nested.json())
-    assert nested.json() == flat.json()
+    assert nested.json() == flat.json() == floats.json()
 
 
 def test_debug_returns_the_image_the_model_saw(client: TestClient) -> None:
@@ -317,6 +319,9 @@ def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
     error(client.get("/nope"), 404)
     error(client.get("/predict"), 405)
     error(client.put("/predict/batch"), 405)
+    # Allow names every method of the path, also where several routes share it
+    assert client.get("/predict").headers["allow"] == "POST"
+    assert client.delete("/v2/repository/index").headers["allow"] == "GET, POST"
 
 
 def test_unexpected_errors_are_json_without_details(model_path: Path) -> None:

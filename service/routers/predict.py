@@ -67,7 +67,8 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
     try:
         uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
         if not uploads:
-            raise Invalid(f"multipart body has no file field {field!r}", Reason.INVALID_MULTIPART)
+            message = f"multipart body has no file field {field!r} (a part with a filename)"
+            raise Invalid(message, Reason.INVALID_MULTIPART)
         codecs.check_count(len(uploads), max_items)
         return [await upload.read() for upload in uploads]
     finally:
@@ -123,7 +124,7 @@ INSTANCES = {
 }
 SINGLE = Accepts(
     Body("application/json", _object("pixels", PIXELS), _pixels),
-    Body("multipart/form-data", _object("file", IMAGE_DOC), _file, "field file"),
+    Body("multipart/form-data", _object("file", IMAGE_DOC), _file, "field file", parts={"file": "image/*"}),
     Body("image/*", IMAGE_DOC, _image),
 )
 BATCH = Accepts(
@@ -133,6 +134,7 @@ BATCH = Accepts(
         _object("files", {"type": "array", "items": IMAGE_DOC, "minItems": 1}),
         _batch_files,
         "field files",
+        parts={"files": "image/*"},
     ),
     Body(
         "application/octet-stream",

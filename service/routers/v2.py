@@ -37,7 +37,8 @@ router = APIRouter(prefix="/v2", tags=["KServe V2"])
 SERVER_NAME = "mnist-serving"
 PLATFORM = "onnxruntime_onnx"
 AUTH = [Depends(require_api_key)]  # like /predict; health and metadata stay open for probes
-# Parameters this server refuses (400) or that need binary data after a JSON header (not plain JSON).
+# Tensor parameters this server refuses (400), and one that needs binary data after a JSON header.
+_UNSUPPORTED = {"not": {"enum": ["shared_memory_region", "classification"]}}
 _NOT_IN_JSON = {"not": {"enum": ["shared_memory_region", "classification", "binary_data_size"]}}
 INPUT_TENSOR = {
     "type": "object",
@@ -57,31 +58,31 @@ INPUT_TENSOR = {
             "items": {"type": "number", "minimum": 0, "maximum": 255},
             "description": "N x 784 values, row-major: FP32 in [0, 1], UINT8 integers 0..255",
         },
-        "parameters": {"type": "object", "propertyNames": _NOT_IN_JSON},
+        "parameters": {"type": ["object", "null"], "propertyNames": _NOT_IN_JSON},
     },
 }
 INFER_REQUEST = {
     "type": "object",
     "required": ["inputs"],
     "properties": {
-        "id": {"type": "string", "description": "echoed in the response"},
+        "id": {"type": ["string", "null"], "description": "echoed in the response"},
         "parameters": {
-            "type": "object",
+            "type": ["object", "null"],
             "properties": {"binary_data_output": {"type": "boolean"}},
-            "propertyNames": _NOT_IN_JSON,
         },
         "inputs": {"type": "array", "items": INPUT_TENSOR, "minItems": 1, "maxItems": 1},
         "outputs": {
-            "type": "array",
+            "type": ["array", "null"],
+            "description": "none or null: every output",
             "items": {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
                     "name": {"type": "string", "description": "an output of the model, at most once"},
                     "parameters": {
-                        "type": "object",
+                        "type": ["object", "null"],
                         "properties": {"binary_data": {"type": "boolean"}},
-                        "propertyNames": _NOT_IN_JSON,
+                        "propertyNames": _UNSUPPORTED,
                     },
                 },
             },
