@@ -68,10 +68,14 @@ def uvicorn_config(log_format: LogFormat, level: str) -> dict[str, Any]:
             "default": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
         },
         "root": {"handlers": ["default"], "level": level.upper()},
-        # uvicorn's loggers: no handlers of their own, so their records reach the JSON handler once.
+        # uvicorn's loggers: no handlers of their own, so their records reach the JSON handler once. Its
+        # access log stays off: Observe writes the request records (with the route template and request ID).
         "loggers": {
-            name: {"handlers": [], "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+            **{
+                name: {"handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi")
+            },
+            "uvicorn.access": {"handlers": [], "propagate": False},
         },
     }
 
