@@ -18,7 +18,7 @@ from PIL import Image
 from service.settings import cores
 from tests.liveserver import start_server, stop
 from tests.realistic import encode
-from tests.service_model import VERSION
+from tests.service_model import NAME, VERSION
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
@@ -196,10 +196,10 @@ def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -
 # --- cheap refusals ------------------------------------------------------------------------------------
 
 
-async def refuse_unread(url: str, images: int) -> tuple[bytes, bool] | None:
-    """Hold the batching queue with one request (its batch waits to fill), then send the head of an
-    octet-stream batch of `images` images and never its body. The response head and whether the held
-    request was still waiting then, or None if the held request finished before the refusal came."""
+async def refuse_unread(url: str, head: bytes) -> tuple[bytes, bool] | None:
+    """Hold the batching queue with one request (its batch waits to fill), then send a request's `head`
+    and never its body. The response head and whether the held request was still waiting then, or None
+    if the held request finished before the refusal came."""
     port = int(url.rsplit(":", 1)[1])
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         held = asyncio.create_task(client.post("/predict", json={"pixels": PIXELS[0]}))
@@ -208,10 +208,7 @@ async def refuse_unread(url: str, images: int) -> tuple[bytes, bool] | None:
             assert time.monotonic() < deadline, "the held request never queued"
             await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"POST /predict/batch HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: %d\r\n\r\n" % (images * 784)
-        )
+        writer.write(head)
         await writer.drain()
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=3)
@@ -223,9 +220,21 @@ async def refuse_unread(url: str, images: int) -> tuple[bytes, bool] | None:
         return None if head is None and not waiting else (head or b"", waiting)
 
 
-def test_full_queue_refuses_before_reading_the_body(server_factory, model_env) -> None:
+# Heads of requests whose headers promise 64 images: raw uint8, and V2 binary FP32 tensors after a
+# 100-byte JSON header.
+UNSENT = {
+    "octet-stream": b"POST /predict/batch HTTP/1.1\r\nHost: test\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (64 * 784),
+    "V2 binary": b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: test\r\n"
+    b"Inference-Header-Content-Length: 100\r\nContent-Length: %d\r\n\r\n"
+    % (NAME.encode(), 100 + 64 * 784 * 4),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSENT))
+def test_full_queue_refuses_before_reading_the_body(server_factory, model_env, kind: str) -> None:
     """The headers say 64 images and one is queued (limit 64): 503 + Retry-After at once, while the body
-    has not even been sent; with room in the queue the same request is served."""
+    has not even been sent; with room in the queue a batch of 64 is served."""
     env = {
         **model_env,
         "MNIST_MAX_QUEUE": "64",
@@ -235,7 +244,7 @@ def test_full_queue_refuses_before_reading_the_body(server_factory, model_env) -
     }
     with server_factory(workers=1, env=env) as server:
         for _ in range(3):  # the hold lasts 1 s: a machine too busy to refuse within it tries again
-            outcome = asyncio.run(refuse_unread(server.url, 64))
+            outcome = asyncio.run(refuse_unread(server.url, UNSENT[kind]))
             if outcome is not None:
                 break
         assert outcome is not None, "the held request always finished before the refusal"
