@@ -9,16 +9,19 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from prometheus_client import Histogram
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
-from service import errors, metrics
+from service import errors, logs, metrics, openapi, requestid
 from service.decoding import ImageDecoder
 from service.errors import ApiError, Internal, Invalid, Reason, TooLarge
 from service.model import load
@@ -30,30 +33,59 @@ from service.settings import Settings
 log = logging.getLogger("service")
 
 
-def error_response(exc: ApiError) -> JSONResponse:
-    """`{"error": message}` with the status and headers, counted by reason."""
+def error_response(exc: ApiError, scope: Scope) -> JSONResponse:
+    """`{"error": message, "request_id": id}` with the status and headers, counted by reason; the reason
+    also goes on the request's state for its access record."""
     metrics.ERRORS.labels(exc.reason.value, str(exc.status)).inc()
-    return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+    state = scope.get("state", {})
+    state["reason"] = exc.reason.value
+    body = {"error": exc.message}
+    if "request_id" in state:
+        body["request_id"] = state["request_id"]
+    return JSONResponse(body, exc.status, headers=exc.headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc)
+    return error_response(exc, request.scope)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return error_response(errors.from_status(exc.status_code, str(exc.detail), dict(exc.headers or {})))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette's Allow names the methods of one route; a path can have several
+        headers["Allow"] = ", ".join(_methods(request))
+    return error_response(errors.from_status(exc.status_code, str(exc.detail), headers), request.scope)
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (asked of the router, whose included
+    routers hold their own routes)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = "; ".join(
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
     )
-    return error_response(Invalid(problems or "invalid request", Reason.VALIDATION))
+    return error_response(Invalid(problems or "invalid request", Reason.VALIDATION), request.scope)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(Internal("internal server error", Reason.INTERNAL))
+    """Starlette sends this response outside every middleware, so it sets X-Request-ID itself."""
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    log.exception(
+        "unexpected error on %s %s", request.method, request.url.path, extra={"request_id": request_id}
+    )
+    response = error_response(Internal("internal server error", Reason.INTERNAL), request.scope)
+    response.headers["x-request-id"] = request_id
+    return response
 
 
 class BodyLimit:
@@ -72,7 +104,7 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await error_response(self._too_large())(scope, receive, send)
+                await error_response(self._too_large(), scope)(scope, receive, send)
                 return
         received = 0
 
@@ -88,33 +120,69 @@ class BodyLimit:
 
 
 class Observe:
-    """Request duration by route template, method and status; requests in flight."""
+    """Everything that watches a request, in one pure ASGI layer (each layer costs a call chain per
+    request): its ID (X-Request-ID in and out, on the scope state for error bodies and logs), duration by
+    route template, method and status, requests in flight, and with MNIST_LOG_FORMAT=json one access
+    record. Routes that predict put `model_version` on the state; error responses put `reason`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
+        self.ids = requestid.IdSource()
+        self.durations: dict[tuple[str, str, int], Histogram] = {}  # children; labels() takes a lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        given = dict(scope["headers"]).get(requestid.HEADER)
+        request_id = given.decode() if given and requestid.sane(given) else self.ids.next()
+        state = scope.setdefault("state", {})  # uvicorn gives each request a copy of the lifespan state
+        state["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
         status = 500
 
-        async def send_status(message: Message) -> None:
+        async def send_observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         metrics.IN_FLIGHT.inc()
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_observed)
         finally:
             metrics.IN_FLIGHT.dec()
-            route = scope.get("route")
-            metrics.REQUEST_DURATION.labels(
-                getattr(route, "path", "unmatched"), scope["method"], str(status)
-            ).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            key = (route, scope["method"], status)
+            duration = self.durations.get(key)
+            if duration is None:
+                duration = self.durations[key] = metrics.REQUEST_DURATION.labels(route, key[1], str(status))
+            duration.observe(seconds)
+            if self.access_log:
+                self._log(scope, state, route, status, seconds)
+
+    @staticmethod
+    def _log(scope: Scope, state: dict[str, Any], route: str, status: int, seconds: float) -> None:
+        logs.ACCESS.info(
+            "%s %s %d",
+            scope["method"],
+            route,
+            status,
+            extra={
+                "event": "request",
+                "request_id": state["request_id"],
+                "method": scope["method"],
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "model_version": state.get("model_version"),
+                "reason": state.get("reason"),
+            },
+        )
 
 
 async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
@@ -125,14 +193,19 @@ async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
     try:
         await app.state.models.start(runtime)
     except Exception as exc:
-        log.critical("cannot serve %s: %s; stopping", settings.model_path, exc)
+        log.critical(
+            "cannot serve %s: %s; stopping", settings.model_path, exc, extra={"event": "startup_failed"}
+        )
         logging.shutdown()
         os._exit(STARTUP_FAILURE)  # uvicorn's supervisor stops the server on this code instead of restarting
     # Startup objects live forever: keep them out of the collector's way, so full collections stay short.
     gc.collect()
     gc.freeze()
     log.info(
-        "warmed up batch sizes 1..%d in %.2f s; ready", settings.max_batch_size, time.perf_counter() - started
+        "warmed up batch sizes 1..%d in %.2f s; ready",
+        settings.max_batch_size,
+        time.perf_counter() - started,
+        extra={"event": "ready"},
     )
 
 
@@ -158,12 +231,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application; `uvicorn --factory service.app:create_app` and the CLI call this in each worker."""
     settings = settings or Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_format, settings.log_level)
     app = FastAPI(
         title="MNIST digit recognition",
-        summary='LeNet-5 on onnxruntime with dynamic batching. Errors are JSON: {"error": "..."}.',
+        summary="LeNet-5 on onnxruntime with dynamic batching. "
+        'Errors are JSON: {"error": "...", "request_id": "..."}.',
         version="1.0",
         lifespan=lifespan,
     )
@@ -186,5 +258,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Observe)
+    app.add_middleware(Observe, access_log=logs.access_enabled(settings.log_format))
+    openapi.document(app)
     return app

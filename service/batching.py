@@ -102,6 +102,15 @@ class Batcher:
         self._queued = 0
         self._executor.shutdown(wait=True)
 
+    def check_room(self, images: int) -> None:
+        """503 + Retry-After unless `images` more fit in the queue now. Routes call it before reading a
+        body whose image count the headers tell, so a refusal under overload costs no read or parse."""
+        if self._queued + images > self.max_queue:
+            raise Busy(
+                f"server busy: {self._queued} images queued (limit {self.max_queue}); retry shortly",
+                Reason.QUEUE_FULL,
+            )
+
     @staticmethod
     def _shutting_down() -> Busy:
         return Busy("server is shutting down; retry shortly", Reason.SHUTDOWN)
@@ -117,11 +126,7 @@ class Batcher:
         k = len(x)
         if not k:
             raise Invalid("no images to predict", Reason.EMPTY_BATCH)
-        if self._queued + k > self.max_queue:
-            raise Busy(
-                f"server busy: {self._queued} images queued (limit {self.max_queue}); retry shortly",
-                Reason.QUEUE_FULL,
-            )
+        self.check_room(k)
         loop = asyncio.get_running_loop()
         futures = []
         queue, part = (self._small, k) if k <= self.reserve else (self._large, self._chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -10,16 +11,19 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
-from service import fleet
+from service import fleet, logs
 from service.runtime import ModelLoadError
 from service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger("service.cli")
 
 
 def _metrics_dir() -> tuple[Path, bool]:
@@ -95,14 +99,21 @@ def settings_table() -> str:
 
 def _check_model(settings: Settings) -> None:
     """Fail once, clearly, before any worker starts (e.g. MNIST_PROVIDERS=cuda without a working GPU, or a
-    model that fails its self-test). Imported here: the metrics module must find PROMETHEUS_MULTIPROC_DIR
+    model that fails its self-test). The warm-up is the workers' (this process serves nothing); one that
+    fails there stops the server too. Imported here: the metrics module must find PROMETHEUS_MULTIPROC_DIR
     set when it first loads prometheus_client, or this process would count in a registry nobody reads."""
-    from service.model import prepare
+    from service.model import load, self_test
 
     try:
-        prepare(settings)
+        self_test(load(settings))
     except ModelLoadError as exc:
-        sys.exit(f"mnist-serve: cannot start: {exc}")
+        _stop(f"mnist-serve: cannot start: {exc}")
+
+
+def _stop(message: str) -> NoReturn:
+    """Exit 1 with the reason, in the configured log format."""
+    log.critical(message, extra={"event": "startup_failed"})
+    sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     # Workers build their own Settings from the environment: pass the resolved worker count on.
     os.environ["MNIST_WORKERS"] = str(args.workers)
     settings = _settings()
+    logs.configure(settings.log_format, settings.log_level)
     path, owned = _metrics_dir()
     os.environ[MULTIPROC_ENV] = str(path)
     status_dir = Path(tempfile.mkdtemp(prefix="mnist-workers-"))
@@ -146,15 +158,17 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level,
-        access_log=False,
+        log_config=logs.uvicorn_config(settings.log_format, settings.log_level),
+        access_log=False,  # service/app.py's Observe writes one record per request in JSON format
     )
     try:
         _check_model(settings)
-        print(
-            f"mnist-serve: {args.workers} worker(s) x {settings.threads_per_worker} onnxruntime thread(s), "
-            f"metrics in {path}",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "mnist-serve: %d worker(s) x %d onnxruntime thread(s), metrics in %s",
+            args.workers,
+            settings.threads_per_worker,
+            path,
+            extra={"event": "startup", "workers": args.workers, "threads": settings.threads_per_worker},
         )
         if args.workers == 1:
             uvicorn.Server(config).run()
@@ -162,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 listener = _bind(args.host, args.port, exclusive=True)
             except OSError as exc:
-                sys.exit(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
+                _stop(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
             os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
             _Supervisor(config, sockets=[listener]).run()
     except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run

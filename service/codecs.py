@@ -56,14 +56,9 @@ def _problem(value: Any, where: str, shape: tuple[int, int]) -> str | None:
     else:
         return f"{where} must be {layout}, got a list of {len(value)} values"
     for at, cell in cells:
-        if type(cell) is not int or not 0 <= cell <= 255:
+        if not (type(cell) is int or (type(cell) is float and cell.is_integer())) or not 0 <= cell <= 255:
             return f"{at} is {_show(cell)}; {PIXEL_RULE}"
     return None
-
-
-def _invalid(value: Any, where: str, shape: tuple[int, int]) -> Invalid:
-    message = _problem(value, where, shape) or f"{where} is not a valid image; {PIXEL_RULE}"
-    return Invalid(message, Reason.INVALID_PIXELS)
 
 
 def _as_pixels(value: Any, shape: tuple[int, int]) -> np.ndarray | None:
@@ -90,8 +85,10 @@ def pixels(value: Any, where: str, shape: tuple[int, int], may_have_bools: bool)
     if may_have_bools and (problem := _problem(value, where, shape)):
         raise Invalid(problem, Reason.INVALID_PIXELS)
     array = _as_pixels(value, shape)
-    if array is None:
-        raise _invalid(value, where, shape)
+    if array is None:  # not the fast path's exact ints: integral floats such as 13.0 (JSON Schema integers)
+        if problem := _problem(value, where, shape):
+            raise Invalid(problem, Reason.INVALID_PIXELS)
+        array = np.asarray(value, dtype=np.float64).astype(np.uint8).reshape(1, *shape)
     return array
 
 

@@ -1,5 +1,5 @@
 """The request bodies a route accepts, declared once: the list drives the dispatch on Content-Type, the 415
-message and the OpenAPI request body, so the three cannot disagree."""
+message, the early queue check and the OpenAPI request body, so they cannot disagree."""
 
 from __future__ import annotations
 
@@ -14,6 +14,19 @@ from service.errors import Unsupported
 
 # Reads one accepted body into uint8 images [n, h, w]; `shape` is the model's (h, w).
 Reader = Callable[[Request, tuple[int, int]], Awaitable[np.ndarray]]
+# The fewest images a body can hold, from its Content-Length (None: not sent) and the pixels per image,
+# known before it is read: what the batching queue must have room for.
+Counter = Callable[[int | None, int], int]
+
+
+def one_image(length: int | None, pixels: int) -> int:
+    """JSON and images: any non-empty body may hold a single image (whitespace can pad JSON at will)."""
+    return 1
+
+
+def raw_images(length: int | None, pixels: int) -> int:
+    """Raw uint8 bytes: exactly length / pixels images."""
+    return max(1, (length or 0) // pixels)
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,10 @@ class Body:
     schema: dict[str, Any]
     read: Reader
     note: str = ""  # what else the client must know, e.g. the multipart field name
+    least_images: Counter = one_image
+    parts: dict[str, str] | None = (
+        None  # multipart: the media type of each file field (parts with a filename)
+    )
 
     def matches(self, media_type: str) -> bool:
         if self.media_type.endswith("/*"):
@@ -31,6 +48,25 @@ class Body:
     def __str__(self) -> str:
         return f"{self.media_type} ({self.note})" if self.note else self.media_type
 
+    def openapi(self) -> dict[str, Any]:
+        """Its OpenAPI media type object: the schema, and for multipart each file part's media type and that
+        it is a file (a part without a filename is a text field)."""
+        doc: dict[str, Any] = {"schema": self.schema}
+        if self.parts:
+            doc["encoding"] = {
+                name: {
+                    "contentType": kind,
+                    "headers": {
+                        "Content-Disposition": {
+                            "schema": {"type": "string"},
+                            "example": f'form-data; name="{name}"; filename="digit.png"',
+                        }
+                    },
+                }
+                for name, kind in self.parts.items()
+            }
+        return doc
+
 
 class Accepts:
     """The bodies one route takes, in the order the docs list them."""
@@ -38,18 +74,18 @@ class Accepts:
     def __init__(self, *bodies: Body) -> None:
         self.bodies = bodies
 
-    def reader(self, request: Request) -> Reader:
-        """The reader for this request's Content-Type; 415 naming every accepted type otherwise."""
+    def select(self, request: Request) -> Body:
+        """The body this request's Content-Type declares; 415 naming every accepted type otherwise."""
         media_type = media_type_of(request)
         for body in self.bodies:
             if body.matches(media_type):
-                return body.read
+                return body
         accepted = ", ".join(str(body) for body in self.bodies)
         raise Unsupported(f"unsupported content type {media_type or '(none)'!r}; send {accepted}")
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI `requestBody` of the route (FastAPI's `openapi_extra`)."""
-        content = {body.media_type: {"schema": body.schema} for body in self.bodies}
+        content = {body.media_type: body.openapi() for body in self.bodies}
         return {"requestBody": {"required": True, "content": content}}
 
 

@@ -104,7 +104,13 @@ class ModelRepository:
                     result, error = "loaded", None
             except ModelLoadError as exc:
                 result, error = "refused", str(exc)
-                log.error("reload (%s) refused, still serving %s: %s", trigger, served.version, exc)
+                log.error(
+                    "reload (%s) refused, still serving %s: %s",
+                    trigger,
+                    served.version,
+                    exc,
+                    extra={"event": "reload", "result": result, "trigger": trigger},
+                )
             seconds = time.perf_counter() - started
             metrics.RELOADS.labels(result).inc()
             metrics.RELOAD_DURATION.labels(result).observe(seconds)
@@ -115,8 +121,20 @@ class ModelRepository:
                 "error": error,
                 "seconds": round(seconds, 3),
             }
-            if result == "loaded":
-                log.info("reload (%s): now serving %s (%.2f s)", trigger, self.get().version, seconds)
+            if result != "refused":
+                log.info(
+                    "reload (%s) %s: serving %s (%.2f s)",
+                    trigger,
+                    result,
+                    self.get().version,
+                    seconds,
+                    extra={
+                        "event": "reload",
+                        "result": result,
+                        "trigger": trigger,
+                        "version": self.get().version,
+                    },
+                )
             fleet.publish(self.status())
             return self.last_reload
 

@@ -123,7 +123,10 @@ class ModelRuntime:
         self.providers: list[str] = self.session.get_providers()
         check_active(providers, self.providers)
         if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
-            log.warning("this onnxruntime build offers CUDA but it did not load (see above); running on CPU")
+            log.warning(
+                "this onnxruntime build offers CUDA but it did not load (see above); running on CPU",
+                extra={"event": "provider_fallback", "providers": self.providers},
+            )
 
         self.path = path
         self.inputs = [TensorSpec.from_node(node) for node in self.session.get_inputs()]
@@ -148,6 +151,12 @@ class ModelRuntime:
             path,
             self.providers,
             intra_op_threads,
+            extra={
+                "event": "model_loaded",
+                "model": self.name,
+                "version": self.version,
+                "providers": self.providers,
+            },
         )
 
     @property

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     )
     cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated; empty: CORS off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line, and one per request"
+    )
     workers: int = Field(default_factory=lambda: cores(), ge=1, description="worker processes")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per worker; 0: cores // workers")
 
@@ -72,9 +75,9 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
-    def _lower_level(cls, value: object) -> object:
+    def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")

@@ -156,6 +156,16 @@ def encode_infer_response(
     return b"".join([text, *chunks]), headers
 
 
+def least_images(body_size: int, header_length: str | None, model: Signature) -> int:
+    """The fewest images a request of this size can carry, known before it is read: the binary tensors
+    after a JSON header hold at least their bytes / (an image's values x the widest datatype's bytes);
+    a plain JSON body at least one."""
+    if header_length is None or not header_length.strip().isdigit() or len(header_length) > 18:
+        return 1
+    widest = max(kind.dtype.itemsize for kind in INPUT_TYPES.values())
+    return max(1, (body_size - int(header_length)) // (model.item_size * widest))
+
+
 def _header_size(value: str | None, body_size: int) -> int:
     if value is None:
         return body_size

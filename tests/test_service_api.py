@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +69,12 @@ def check_prediction(body: dict) -> None:
 
 
 def error(response, status: int, *needles: str) -> str:
-    """The response is a JSON error with this status whose message mentions every needle."""
+    """The response is a JSON error with this status whose message mentions every needle, and the
+    request's ID in the body and the header."""
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in body["error"]
     for needle in needles:
         assert needle in body["error"], body["error"]
@@ -84,9 +87,11 @@ def error(response, status: int, *needles: str) -> str:
 def test_json_nested_and_flat_agree(client: TestClient) -> None:
     nested = client.post("/predict", json={"pixels": PIXELS[0].tolist()})
     flat = client.post("/predict", json={"pixels": PIXELS[0].ravel().tolist()})
-    assert nested.status_code == flat.status_code == 200
+    # 13.0 is an integer to JSON Schema (and what numpy float arrays' tolist() gives)
+    floats = client.post("/predict", json={"pixels": PIXELS[0].astype(float).tolist()})
+    assert nested.status_code == flat.status_code == floats.status_code == 200
     check_prediction(nested.json())
-    assert nested.json() == flat.json()
+    assert nested.json() == flat.json() == floats.json()
 
 
 def test_debug_returns_the_image_the_model_saw(client: TestClient) -> None:
@@ -184,7 +189,13 @@ def test_health_docs_and_metrics(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict", "/predict/batch", "/healthz", "/readyz", "/metrics"} <= set(paths)
     assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
+    predict = paths["/predict"]["post"]["responses"]
+    assert set(predict) == {"200", "401", "413", "415", "422", "503", "504"}
+    assert predict["503"]["headers"]["Retry-After"]["required"]
+    assert all(response["headers"]["X-Request-ID"]["required"] for response in predict.values())
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     client.post("/predict", json={"pixels": "nope"})
+    client.post("/predict", json={"pixels": PIXELS[0].tolist()})  # the metrics below, also when run alone
     text = client.get("/metrics").text
     for name in (
         "mnist_request_duration_seconds_bucket",
@@ -353,6 +364,9 @@ def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
     error(client.get("/nope"), 404)
     error(client.get("/predict"), 405)
     error(client.put("/predict/batch"), 405)
+    # Allow names every method of the path, also where several routes share it
+    assert client.get("/predict").headers["allow"] == "POST"
+    assert client.delete("/v2/repository/index").headers["allow"] == "GET, POST"
 
 
 def test_unexpected_errors_are_json_without_details(model_path: Path) -> None:
@@ -396,3 +410,43 @@ def test_cors_off_unless_configured(client: TestClient, model_path: Path) -> Non
     assert headers["access-control-allow-origin"] == "https://draw.example"
     other = configured.get("/healthz", headers={"origin": "https://evil.example"}).headers
     assert "access-control-allow-origin" not in other
+
+
+# --- request IDs ---------------------------------------------------------------------------------------
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    for sent in (
+        "trace-42",
+        "0af7651916cd43dd8448eb211c80319c",
+        "Root=1-5759e988-bd862e3fe1be46a9",
+        "a" * 128,
+    ):
+        response = client.post(
+            "/predict", json={"pixels": PIXELS[0].tolist()}, headers={"X-Request-ID": sent}
+        )
+        assert response.status_code == 200 and response.headers["x-request-id"] == sent
+    assert error(client.get("/nope", headers={"X-Request-ID": "trace-43"}), 404) == "Not Found"
+    assert client.get("/nope", headers={"X-Request-ID": "trace-43"}).json()["request_id"] == "trace-43"
+    generated = [client.get("/healthz").headers["x-request-id"] for _ in range(3)]
+    assert len(set(generated)) == 3 and all(re.fullmatch("[0-9a-f]{32}", value) for value in generated)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"",
+        b"a" * 129,
+        b"has space",
+        b"<script>alert(1)</script>",
+        b'"quoted"',
+        b"semi;colon",
+        "é".encode(),
+        b"\xff",
+    ],
+)
+def test_hostile_request_ids_are_replaced(client: TestClient, hostile: bytes) -> None:
+    response = client.get("/nope", headers=[(b"x-request-id", hostile)])
+    replaced = response.headers["x-request-id"]
+    assert replaced != hostile.decode("latin-1") and re.fullmatch("[0-9a-f]{32}", replaced)
+    assert response.json()["request_id"] == replaced

@@ -1,9 +1,11 @@
-"""Real `python -m service` processes on 127.0.0.1: batching, the queue bound, metrics across workers,
-readiness, and refusing to start when CUDA is demanded but not active."""
+"""Real `python -m service` processes on 127.0.0.1: batching, the queue bound and its refusal before reading
+a body, metrics across workers, readiness, JSON logs with request IDs, and refusing to start when CUDA is
+demanded but not active."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from PIL import Image
 from service.settings import cores
 from tests.liveserver import metric_sum, start_server, stop
 from tests.realistic import encode
+from tests.service_model import NAME, VERSION
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
@@ -178,3 +181,103 @@ def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -
     assert code != 0
     assert "MNIST_PROVIDERS=cuda but the CUDA execution provider is not active" in output
     assert "Traceback" not in output
+
+
+# --- cheap refusals ------------------------------------------------------------------------------------
+
+
+async def refuse_unread(url: str, head: bytes) -> tuple[bytes, bool] | None:
+    """Hold the batching queue with one request (its batch waits to fill), then send a request's `head`
+    and never its body. The response head and whether the held request was still waiting then, or None
+    if the held request finished before the refusal came."""
+    port = int(url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        held = asyncio.create_task(client.post("/predict", json={"pixels": PIXELS[0]}))
+        deadline = time.monotonic() + 5
+        while metric_sum((await client.get("/metrics")).text, "mnist_queue_depth") < 1:
+            assert time.monotonic() < deadline, "the held request never queued"
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        await writer.drain()
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=3)
+        except asyncio.TimeoutError:
+            head = None
+        waiting = not held.done()
+        writer.close()
+        assert (await held).status_code == 200
+        return None if head is None and not waiting else (head or b"", waiting)
+
+
+# Heads of requests whose headers promise 64 images: raw uint8, and V2 binary FP32 tensors after a
+# 100-byte JSON header.
+UNSENT = {
+    "octet-stream": b"POST /predict/batch HTTP/1.1\r\nHost: test\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (64 * 784),
+    "V2 binary": b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: test\r\n"
+    b"Inference-Header-Content-Length: 100\r\nContent-Length: %d\r\n\r\n"
+    % (NAME.encode(), 100 + 64 * 784 * 4),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSENT))
+def test_full_queue_refuses_before_reading_the_body(server_factory, model_env, kind: str) -> None:
+    """The headers say 64 images and one is queued (limit 64): 503 + Retry-After at once, while the body
+    has not even been sent; with room in the queue a batch of 64 is served."""
+    env = {
+        **model_env,
+        "MNIST_MAX_QUEUE": "64",
+        "MNIST_MAX_BATCH_ITEMS": "64",
+        "MNIST_MAX_BATCH_SIZE": "128",  # never full: a queued batch waits the whole MNIST_MAX_BATCH_WAIT_MS
+        "MNIST_MAX_BATCH_WAIT_MS": "1000",
+    }
+    with server_factory(workers=1, env=env) as server:
+        for _ in range(3):  # the hold lasts 1 s: a machine too busy to refuse within it tries again
+            outcome = asyncio.run(refuse_unread(server.url, UNSENT[kind]))
+            if outcome is not None:
+                break
+        assert outcome is not None, "the held request always finished before the refusal"
+        head, waiting = outcome
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert b"retry-after: 1" in head.lower()
+        assert waiting, "refused while the queue was held"
+        body = np.asarray(PIXELS, np.uint8).reshape(64, 784).tobytes()
+        octet = {"Content-Type": "application/octet-stream"}
+        assert httpx.post(f"{server.url}/predict/batch", content=body, headers=octet).status_code == 200
+        text = httpx.get(f"{server.url}/metrics").text
+    assert metric_sum(text, "mnist_errors_total", reason="queue_full", status="503") >= 1
+
+
+# --- request IDs and JSON logs -------------------------------------------------------------------------
+
+
+def test_json_logs_one_object_per_line_with_request_ids(server_factory, model_env) -> None:
+    key = "api-key-that-must-not-be-logged"
+    env = {**model_env, "MNIST_LOG_FORMAT": "json", "MNIST_API_KEY": key}
+    auth = {"Authorization": f"Bearer {key}"}
+    with server_factory(workers=2, env=env) as server:
+        ok = httpx.post(
+            f"{server.url}/predict", json={"pixels": PIXELS[0]}, headers={**auth, "X-Request-ID": "trace-42"}
+        )
+        unauthorized = httpx.post(f"{server.url}/predict", json={"pixels": PIXELS[1]})
+        invalid = httpx.post(f"{server.url}/predict", json={"pixels": [[7] * 27]}, headers=auth)
+        assert [ok.status_code, unauthorized.status_code, invalid.status_code] == [200, 401, 422]
+    text = server.log.read_text()
+    records = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    assert all({"time", "level", "logger", "pid", "message"} <= set(record) for record in records)
+    events = {record.get("event") for record in records}
+    assert {"startup", "model_loaded", "ready", "request"} <= events, events
+    assert any(record["logger"].startswith("uvicorn") for record in records)  # uvicorn's own, as JSON
+    requests = {record["request_id"]: record for record in records if record.get("event") == "request"}
+    served = requests["trace-42"]
+    assert ok.headers["x-request-id"] == "trace-42"
+    assert served["method"] == "POST" and served["route"] == "/predict" and served["status"] == 200
+    assert served["model_version"] == VERSION and served["duration_ms"] > 0 and served["reason"] is None
+    assert served["pid"] != os.getpid()
+    refused = requests[unauthorized.headers["x-request-id"]]
+    assert (refused["status"], refused["reason"]) == (401, "unauthorized")
+    assert unauthorized.json()["request_id"] == unauthorized.headers["x-request-id"]
+    assert requests[invalid.json()["request_id"]]["reason"] == "invalid_pixels"
+    assert key not in text and '"pixels"' not in text  # no keys, no bodies
+    assert json.dumps(PIXELS[0][14])[:40] not in text and "[7, 7" not in text  # no pixels

@@ -17,6 +17,7 @@ from service.v2_protocol import (
     Signature,
     decompress,
     encode_infer_response,
+    least_images,
     parse_infer_request,
 )
 
@@ -267,3 +268,15 @@ def test_compressed_bodies_inflate_within_the_limit() -> None:
     with pytest.raises(ApiError) as caught:
         decompress(body, "br", 10_000)
     assert caught.value.status == 415
+
+
+def test_least_images_before_reading_never_overcounts() -> None:
+    """What the queue must have room for, from the sizes alone: binary tensors after a JSON header hold at
+    least their bytes / an FP32 image's (UINT8 holds 4x more); plain or malformed: one."""
+    header = json.dumps({"inputs": [{"name": "image", "shape": [10, 784]}]}).encode()
+    fp32, uint8 = len(header) + 10 * 784 * 4, len(header) + 10 * 784  # ten images of either
+    assert least_images(fp32, str(len(header)), MODEL) == 10
+    assert least_images(uint8, str(len(header)), MODEL) == 2  # 10 // 4: it could have been FP32
+    assert least_images(100_000, None, MODEL) == 1
+    assert least_images(100_000, "not a number", MODEL) == 1
+    assert least_images(100, "5000", MODEL) == 1  # header longer than the body: the parser refuses it

@@ -293,7 +293,7 @@ def test_hostile_requests_get_a_clear_4xx(live_server: LiveServer, case: str) ->
     (body, headers), status, message = BAD_REQUESTS[case]
     response = httpx.post(live_server.url + INFER, content=body, headers=headers)
     assert response.status_code == status, response.text
-    assert list(response.json()) == ["error"] and message in response.json()["error"]
+    assert list(response.json()) == ["error", "request_id"] and message in response.json()["error"]
 
 
 def test_v2_routes_are_measured(live_server: LiveServer, client: triton.InferenceServerClient) -> None:
@@ -359,4 +359,4 @@ def test_not_ready_is_503_with_retry_after() -> None:
 
     for response in asyncio.run(ask()):
         assert response.status_code == 503 and response.headers["retry-after"]
-        assert list(response.json()) == ["error"]
+        assert list(response.json()) == ["error", "request_id"]

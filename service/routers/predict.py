@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -16,12 +16,16 @@ from starlette.exceptions import HTTPException
 from service import codecs
 from service.decoding import ImageDecoder
 from service.dependencies import repository, require_api_key
-from service.errors import Invalid, Reason
-from service.media import Accepts, Body
+from service.errors import Busy, Invalid, Reason, Timeout, TooLarge, Unauthorized, Unsupported
+from service.media import Accepts, Body, raw_images
 from service.model import Classification
+from service.openapi import INKED_PIXELS, PIXELS, error_responses
 from service.repository import ModelRepository
 
 router = APIRouter(tags=["predict"])
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class ModelRef(BaseModel):
@@ -30,20 +34,25 @@ class ModelRef(BaseModel):
 
 
 class Prediction(BaseModel):
-    digit: int = Field(description="the most likely digit (trust it only if is_digit)")
-    confidence: float = Field(description="its probability, calibrated on digits")
-    probabilities: list[float] = Field(description="10 probabilities, digits 0..9")
+    digit: int = Field(ge=0, le=9, description="the most likely digit (trust it only if is_digit)")
+    confidence: Probability = Field(description="its probability, calibrated on digits")
+    probabilities: list[Probability] = Field(
+        min_length=10, max_length=10, description="digits 0..9, summing to 1"
+    )
     is_digit: bool = Field(description="whether the input is a digit at all (digit_score >= the threshold)")
-    digit_score: float | None = Field(description="the model's probability that the input is a digit")
-    model: ModelRef
-    preprocessed: list[list[int]] | None = Field(None, description="?debug=true: the 28x28 the model saw")
+    digit_score: Probability | None = Field(
+        description="the model's probability that the input is a digit (null: the model cannot tell)"
+    )
+    model: ModelRef = Field(description="the model that answered")
+    preprocessed: list[list[Annotated[int, Field(ge=0, le=255)]]] | None = Field(
+        None, description="with ?debug=true: the 28 x 28 image the model saw"
+    )
 
 
 class Predictions(BaseModel):
-    predictions: list[Prediction]
+    predictions: list[Prediction] = Field(description="one per image, in the order sent")
 
 
-PIXELS_DOC = {"type": "array", "description": "28 rows of 28 or 784 flat integers 0..255, 0 = background"}
 IMAGE_DOC = {"type": "string", "format": "binary"}
 DEBUG_DOC = {
     "name": "debug",
@@ -64,7 +73,8 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
     try:
         uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
         if not uploads:
-            raise Invalid(f"multipart body has no file field {field!r}", Reason.INVALID_MULTIPART)
+            message = f"multipart body has no file field {field!r} (a part with a filename)"
+            raise Invalid(message, Reason.INVALID_MULTIPART)
         codecs.check_count(len(uploads), max_items)
         return [await upload.read() for upload in uploads]
     finally:
@@ -112,34 +122,50 @@ def _object(field: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": {field: schema}, "required": [field]}
 
 
+INSTANCES = {
+    "type": "array",
+    "items": PIXELS,
+    "minItems": 1,
+    "description": "at most MNIST_MAX_BATCH_ITEMS (413 beyond)",
+}
 SINGLE = Accepts(
-    Body("application/json", _object("pixels", PIXELS_DOC), _pixels),
-    Body("multipart/form-data", _object("file", IMAGE_DOC), _file, "field file"),
+    Body("application/json", _object("pixels", INKED_PIXELS), _pixels),
+    Body("multipart/form-data", _object("file", IMAGE_DOC), _file, "field file", parts={"file": "image/*"}),
     Body("image/*", IMAGE_DOC, _image),
 )
 BATCH = Accepts(
-    Body("application/json", _object("instances", {"type": "array", "items": PIXELS_DOC}), _instances),
+    Body("application/json", _object("instances", INSTANCES), _instances),
     Body(
         "multipart/form-data",
-        _object("files", {"type": "array", "items": IMAGE_DOC}),
+        _object("files", {"type": "array", "items": IMAGE_DOC, "minItems": 1}),
         _batch_files,
         "field files",
+        parts={"files": "image/*"},
     ),
     Body(
         "application/octet-stream",
         {**IMAGE_DOC, "description": "N x 784 uint8 bytes, row-major, 0 = background"},
         _raw,
+        least_images=raw_images,
     ),
 )
+# What the predict routes can refuse, in the order they check: key, readiness, content type, queue room,
+# then the body.
+REFUSALS = error_responses(Unauthorized, Busy, Unsupported, TooLarge, Invalid, Timeout)
 
 
-async def _admit(request: Request) -> ModelRepository:
-    """API key and readiness, checked inline: on this hot path FastAPI's dependency solver would cost
-    more than decoding the JSON pixels."""
+async def _admit(request: Request, accepts: Accepts) -> tuple[ModelRepository, Body]:
+    """API key, readiness, content type and room in the batching queue for as many images as the headers
+    promise, all before the body is read: a refusal under overload costs no read or parse. Inline: on
+    this hot path FastAPI's dependency solver would cost more than decoding the JSON pixels."""
     await require_api_key(request)
     models = repository(request)
-    models.get()  # 503 while loading, before the body is read
-    return models
+    model = models.get()  # 503 while loading
+    body = accepts.select(request)
+    length = request.headers.get("content-length")  # BodyLimit has checked that it is a number
+    height, width = model.runtime.image_shape
+    model.batcher.check_room(body.least_images(int(length) if length else None, height * width))
+    return models, body
 
 
 def _flag(value: str, name: str) -> bool:
@@ -170,9 +196,10 @@ def _predictions(result: Classification) -> list[dict[str, Any]]:
     ]
 
 
-async def _classify(models: ModelRepository, images: np.ndarray) -> list[dict[str, Any]]:
+async def _classify(request: Request, models: ModelRepository, images: np.ndarray) -> list[dict[str, Any]]:
     """On the model serving now; a reload meanwhile lets this request finish on it."""
     with models.lease() as model:
+        request.state.model_version = model.version  # for the access log (service/app.py's Observe)
         return _predictions(await model.classify(images))
 
 
@@ -181,26 +208,29 @@ def _json(content: Any) -> Response:
 
 
 @router.post(
-    "/predict", response_model=Prediction, openapi_extra={**SINGLE.openapi(), "parameters": [DEBUG_DOC]}
+    "/predict",
+    response_model=Prediction,
+    responses=REFUSALS,
+    openapi_extra={**SINGLE.openapi(), "parameters": [DEBUG_DOC]},
 )
 async def predict(request: Request) -> Response:
     """One digit from JSON pixels, a multipart `file`, or a raw image/* body. `?debug=true` adds the
     28x28 image the model saw."""
-    models = await _admit(request)
+    models, body = await _admit(request, SINGLE)
     debug = bool(request.scope["query_string"]) and _flag(request.query_params.get("debug", "false"), "debug")
-    images = await SINGLE.reader(request)(request, models.get().runtime.image_shape)
+    images = await body.read(request, models.get().runtime.image_shape)
     if not images.any():  # an empty image has no answer; a confident guess at one would mislead
         raise Invalid("no digit found: every pixel of the image is 0 (background)", Reason.NO_DIGIT)
-    (result,) = await _classify(models, images)
+    (result,) = await _classify(request, models, images)
     if debug:
         result["preprocessed"] = images[0]
     return _json(result)
 
 
-@router.post("/predict/batch", response_model=Predictions, openapi_extra=BATCH.openapi())
+@router.post("/predict/batch", response_model=Predictions, responses=REFUSALS, openapi_extra=BATCH.openapi())
 async def predict_batch(request: Request) -> Response:
     """Many digits, in order: JSON `instances`, multipart `files`, or octet-stream N x 784 uint8. A blank
     image or one that is not a digit comes back with is_digit false; it never fails the batch."""
-    models = await _admit(request)
-    images = await BATCH.reader(request)(request, models.get().runtime.image_shape)
-    return _json({"predictions": await _classify(models, images)})
+    models, body = await _admit(request, BATCH)
+    images = await body.read(request, models.get().runtime.image_shape)
+    return _json({"predictions": await _classify(request, models, images)})

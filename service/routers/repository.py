@@ -10,10 +10,14 @@ from fastapi import APIRouter, Depends, Request
 
 from service import fleet
 from service.dependencies import repository, require_admin_key
-from service.errors import BadRequest, NotFound, Reason, Timeout
+from service.errors import BadRequest, Busy, Forbidden, NotFound, Reason, Timeout, Unauthorized
+from service.openapi import error_responses
 
 router = APIRouter(
-    prefix="/v2/repository", tags=["KServe V2 model repository"], dependencies=[Depends(require_admin_key)]
+    prefix="/v2/repository",
+    tags=["KServe V2 model repository"],
+    dependencies=[Depends(require_admin_key)],
+    responses=error_responses(Unauthorized, Forbidden),
 )
 
 
@@ -34,7 +38,7 @@ async def index(request: Request) -> list[dict[str, Any]]:
     ]
 
 
-@router.post("/models/{name}/load")
+@router.post("/models/{name}/load", responses=error_responses(BadRequest, NotFound, Busy, Timeout))
 async def load(name: str, request: Request) -> dict[str, Any]:
     """Reload the model from MNIST_MODEL_PATH in every worker, and answer once all have finished: 200 with
     what each worker serves, 400 if the candidate was refused (the old model keeps serving), 504 if not
