@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
         flush=True,
     )
+    # Imported only now: it imports prometheus_client, which picks its value storage (files shared by the
+    # workers, or process memory) once, at import, from PROMETHEUS_MULTIPROC_DIR.
+    from service.http_limits import uvicorn_options
+
     # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = uvicorn.Config(
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         log_level=settings.log_level,
         access_log=False,
+        **uvicorn_options(settings),
     )
     try:
         if args.workers == 1:
