@@ -13,7 +13,6 @@ from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.supervisors import Multiprocess
 
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
@@ -108,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    # Imported only now: it imports prometheus_client, which picks its value storage (files shared by the
+    # Imported only now: they import prometheus_client, which picks its value storage (files shared by the
     # workers, or process memory) once, at import, from PROMETHEUS_MULTIPROC_DIR.
     from service.http_limits import uvicorn_options
+    from service.supervisor import Supervisor
 
     # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                 listener = _bind(args.host, args.port, exclusive=True)
             except OSError as exc:
                 sys.exit(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
-            Multiprocess(config, sockets=[listener]).run()
+            Supervisor(config, sockets=[listener]).run()
     except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run
         pass
     finally:
