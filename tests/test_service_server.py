@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from service.settings import cores
-from tests.liveserver import start_server, stop
+from tests.liveserver import metric_sum, start_server, stop
 from tests.realistic import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
@@ -23,16 +23,6 @@ PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 @pytest.fixture(scope="module")
 def model_env(model_path: Path) -> dict[str, str]:
     return {"MNIST_MODEL_PATH": str(model_path), "MNIST_PROVIDERS": "cpu"}
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """Sum of all samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 async def burst(url: str, n: int, path: str = "/predict") -> list[httpx.Response]:
