@@ -19,8 +19,9 @@ HttpToolsProtocol; `uvicorn_options` selects it. Which limit is enforced where:
   and close if something of the request came and no response has started; a connection that sent nothing is
   just closed. While we are not reading (a pipelined request waits, or the app has not taken the body yet)
   the delay is ours and the timer restarts, unless the client is not reading our responses either.
-- keep-alive idle (`keepalive_timeout_s`): uvicorn's own timer (`timeout_keep_alive`); on expiry a client
-  that has not even read our last response is aborted (a plain close would wait for it to read).
+- keep-alive idle (`keepalive_timeout_s`): uvicorn's own timer (`timeout_keep_alive`), also re-armed when a
+  request answered before its body was in completes (uvicorn leaves that connection without a timer); on
+  expiry a client that has not even read our last response is aborted (a close would wait for it to read).
 - open connections (`max_connections` per worker): `connection_made`, before any byte is parsed: 503 +
   Retry-After and close, so a flood of connections costs a worker little more than accept and close.
 - WebSocket upgrades are off (`ws="none"`): the app has none, and an upgraded connection would leave this
@@ -124,6 +125,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _Phase.IDLE
         self._cancel()
         super().on_message_complete()
+        if self.cycle.response_complete and self.timeout_keep_alive_task is None and not self._refused:
+            # Answered before its body was in (e.g. 413 by Content-Length): uvicorn armed the keep-alive
+            # timer at the answer, and the body's bytes disarmed it; the connection is idle from now.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes httptools cannot parse, as our JSON error."""
@@ -131,7 +138,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(BadRequest(message, Reason.INVALID_HTTP))
 
     def timeout_keep_alive_handler(self) -> None:
-        if self.transport.get_write_buffer_size():
+        if not self.transport.is_closing() and self.transport.get_write_buffer_size():
             self.transport.abort()
         else:
             super().timeout_keep_alive_handler()

@@ -59,7 +59,7 @@ class Closed:
         return orjson.loads(self.response.partition(b"\r\n\r\n")[2])
 
 
-async def _until_closed(reader: asyncio.StreamReader, started: float, limit_s: float) -> Closed:
+async def until_closed(reader: asyncio.StreamReader, started: float, limit_s: float) -> Closed:
     chunks: list[bytes] = []
 
     async def read_all() -> None:
@@ -81,7 +81,7 @@ async def stall(url: str, sent: bytes, limit_s: float) -> Closed:
     try:
         writer.write(sent)
         await writer.drain()
-        return await _until_closed(reader, time.monotonic(), limit_s)
+        return await until_closed(reader, time.monotonic(), limit_s)
     finally:
         writer.close()
 
@@ -100,7 +100,7 @@ async def huge_head(url: str, size: int, limit_s: float) -> Closed:
             pass
         except asyncio.TimeoutError:
             return Closed(math.inf, b"")
-        return await _until_closed(reader, started, limit_s)
+        return await until_closed(reader, started, limit_s)
     finally:
         writer.close()
 

@@ -26,6 +26,7 @@ from tests.faults import (
     read_response,
     stall,
     stalls_during_traffic,
+    until_closed,
 )
 from tests.liveserver import LiveServer, metric_sum
 
@@ -136,6 +137,26 @@ def test_keep_alive_stays_while_used_and_closes_when_idle(strict: LiveServer) ->
     statuses, idle_s = asyncio.run(_keep_alive(strict.url, requests=5, gap_s=0.6))
     assert statuses == [200] * 5
     assert TIMEOUT_S - 0.1 < idle_s < TIMEOUT_S + SLACK_S
+    status, idle_s = asyncio.run(_answered_before_body(strict.url))
+    assert status == 413
+    assert idle_s < TIMEOUT_S + SLACK_S
+
+
+async def _answered_before_body(url: str) -> tuple[int, float]:
+    """A body over the default 8 MiB limit: 413 by its Content-Length, then the client sends it all anyway
+    and goes idle. How long does the connection stay open after that?"""
+    size = 8 * 1024 * 1024 + 1
+    reader, writer = await asyncio.open_connection(*address(url))
+    try:
+        writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: %d\r\n\r\n" % size)
+        status, _ = await asyncio.wait_for(read_response(reader), 5)
+        writer.write(b" " * size)
+        await writer.drain()
+        idle_since = time.monotonic()
+        return status, (await until_closed(reader, idle_since, 10)).seconds
+    finally:
+        writer.close()
 
 
 async def _fill(url: str, n: int) -> tuple[list[asyncio.StreamWriter], list[int]]:
