@@ -7,6 +7,8 @@ import asyncio
 import math
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -89,13 +91,18 @@ async def stall(url: str, sent: bytes, limit_s: float) -> Closed:
 async def huge_head(url: str, size: int, limit_s: float) -> Closed:
     """A GET whose one header is `size` bytes, written as fast as the server takes it: how long until the
     server refuses it (answers or closes)."""
-    head = b"GET /healthz HTTP/1.1\r\n" + HOST_HEADER + b"X-Filler: " + b"a" * size + b"\r\n\r\n"
+    head = memoryview(b"GET /healthz HTTP/1.1\r\n" + HOST_HEADER + b"X-Filler: " + b"a" * size + b"\r\n\r\n")
     reader, writer = await asyncio.open_connection(*address(url))
+
+    async def send() -> None:  # 1 MiB at a time, as a streaming client would
+        for offset in range(0, len(head), 1 << 20):
+            writer.write(head[offset : offset + (1 << 20)])
+            await writer.drain()
+
     started = time.monotonic()
     try:
-        writer.write(head)
         try:
-            await asyncio.wait_for(writer.drain(), limit_s)
+            await asyncio.wait_for(send(), limit_s)
         except ConnectionError:  # the server closed before taking it all: the refusal we expect
             pass
         except asyncio.TimeoutError:
@@ -227,6 +234,21 @@ async def stalls_during_traffic(
     return outcomes, await load
 
 
+async def sigterm_under_load(url: str, process: subprocess.Popen, clients: int) -> tuple[Traffic, float]:
+    """`clients` post JSON digits; after 1.5 s the server gets SIGTERM. What they saw until it exited, and
+    how long it took to exit (inf: not within 20 s)."""
+    stop = asyncio.Event()
+    load = asyncio.create_task(closed_loop(url, clients, stop))
+    await asyncio.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    while process.poll() is None and time.monotonic() - sent < 20:
+        await asyncio.sleep(0.05)
+    exited = time.monotonic() - sent if process.poll() is not None else math.inf
+    stop.set()
+    return await load, exited
+
+
 @dataclass(frozen=True)
 class Crash:
     """A worker SIGKILLed under load: its own in-flight gauge just before, what the clients saw, how long
@@ -257,7 +279,7 @@ async def kill_worker_under_load(
     before = workers(server_pid)
     gauges = {pid: in_flight(collected(metrics_dir, f"gauge_livesum_{pid}.db")) for pid in before}
     victim = max(before, key=lambda pid: gauges[pid])
-    os.kill(victim, 9)
+    os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     await asyncio.sleep(1.0)
     for writer in held:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -17,13 +16,13 @@ from tests.faults import (
     JSON_BODY,
     Traffic,
     address,
-    closed_loop,
     collected,
     head_of,
     huge_head_during_traffic,
     in_flight,
     kill_worker_under_load,
     read_response,
+    sigterm_under_load,
     stall,
     stalls_during_traffic,
     until_closed,
@@ -204,20 +203,7 @@ def test_sigterm_under_load_drops_no_accepted_request(server_factory, model_env,
     metrics_dir.mkdir()
     env = {**model_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with server_factory(workers=2, env=env) as server:
-
-        async def scenario() -> tuple[Traffic, float]:
-            stop = asyncio.Event()
-            load = asyncio.create_task(closed_loop(server.url, 16, stop))
-            await asyncio.sleep(1.5)
-            server.process.send_signal(signal.SIGTERM)
-            sent = time.monotonic()
-            while server.process.poll() is None and time.monotonic() - sent < 20:
-                await asyncio.sleep(0.05)
-            exited = time.monotonic() - sent
-            stop.set()
-            return await load, exited
-
-        traffic, exited_s = asyncio.run(scenario())
+        traffic, exited_s = asyncio.run(sigterm_under_load(server.url, server.process, 16))
     assert server.process.returncode == 0 and exited_s < 15
     text = collected(metrics_dir)
     served = metric_sum(text, "mnist_request_duration_seconds_count", route="/predict")
