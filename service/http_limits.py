@@ -34,7 +34,6 @@ Every answer here is the service's JSON error (`{"error": ...}`, service/errors.
 from __future__ import annotations
 
 import asyncio
-from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -47,11 +46,11 @@ from service import metrics
 from service.errors import ApiError, BadRequest, Busy, HeadTooLarge, Reason, RequestTimeout
 from service.settings import Settings
 
-
-class _Phase(Enum):
-    HEAD = "head"  # waiting for (the rest of) a request head: on connect, and from the first byte of the next
-    BODY = "body"  # the head is in, the body is not
-    IDLE = "idle"  # the last request is complete; the app answers it, then uvicorn's keep-alive timer runs
+# Where a connection is; plain strings, compared by identity: read several times per request, and an Enum
+# member lookup costs more than the check it guards.
+HEAD = "head"  # waiting for (the rest of) a request head: on connect, and from the first byte of the next
+BODY = "body"  # the head is in, the body is not
+IDLE = "idle"  # the last request is complete; the app answers it, then uvicorn's keep-alive timer runs
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -68,7 +67,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = settings
-        self._phase = _Phase.HEAD
+        self._max_head = settings.max_head_bytes
+        self._phase = HEAD
         self._head_bytes = 0  # of the current request head, counted before parsing
         self._heads = 0  # request heads parsed on this connection
         self._timer: asyncio.TimerHandle | None = None
@@ -90,40 +90,51 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._phase is _Phase.IDLE:  # the first byte of the next request
-            self._phase = _Phase.HEAD
-        while self._phase is not _Phase.BODY and len(data) > self.limits.max_head_bytes - self._head_bytes:
-            room = self.limits.max_head_bytes - self._head_bytes
-            heads = self._heads
-            super().data_received(data[:room])  # the parser never sees more of a head than the limit
-            if self._refused:
-                return
-            if self._heads == heads:
-                limit = self.limits.max_head_bytes
-                self._refuse(
-                    HeadTooLarge(f"request line and headers exceed {limit} bytes", Reason.HEAD_TOO_LARGE)
-                )
-                return
-            data = data[room:]
-        if self._phase is not _Phase.BODY:
-            self._head_bytes += len(data)
+        if self._phase is IDLE:  # the first byte of the next request
+            self._phase = HEAD
+        if self._phase is HEAD:
+            if len(data) > self._max_head - self._head_bytes:
+                data = self._feed_to_head_limit(data)
+                if self._refused:
+                    return
+            if self._phase is not BODY:
+                self._head_bytes += len(data)
         super().data_received(data)
-        if self._timer is None and not self._refused:
-            if self._phase is _Phase.HEAD:
-                self._arm(self.limits.head_timeout_s)
-            elif self._phase is _Phase.BODY:
-                self._arm(self.limits.body_timeout_s)
+        if self._timer is None and self._phase is not IDLE and not self._refused:
+            self._arm(self.limits.head_timeout_s if self._phase is HEAD else self.limits.body_timeout_s)
+
+    def _feed_to_head_limit(self, data: bytes) -> bytes:
+        """Parse `data` only as far as the head limit allows; refuse a head that has not ended there. A
+        head that does end there may be followed by a body or the next request: the rest is returned."""
+        while self._phase is not BODY and len(data) > self._max_head - self._head_bytes:
+            room = self._max_head - self._head_bytes
+            heads = self._heads
+            super().data_received(data[:room])
+            if self._refused:
+                break
+            if self._heads == heads:
+                message = f"request line and headers exceed {self._max_head} bytes"
+                self._refuse(HeadTooLarge(message, Reason.HEAD_TOO_LARGE))
+                break
+            data = data[room:]
+        return data
+
+    def on_message_begin(self) -> None:
+        self._phase = HEAD  # also where a read ends one request and begins the next
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._phase = _Phase.BODY
+        self._phase = BODY
         self._heads += 1
         self._head_bytes = 0
-        self._cancel()
+        if self._timer is not None:
+            self._cancel()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._phase = _Phase.IDLE
-        self._cancel()
+        self._phase = IDLE
+        if self._timer is not None:
+            self._cancel()
         super().on_message_complete()
         if self.cycle.response_complete and self.timeout_keep_alive_task is None and not self._refused:
             # Answered before its body was in (e.g. 413 by Content-Length): uvicorn armed the keep-alive
@@ -155,7 +166,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        head = self._phase is _Phase.HEAD
+        head = self._phase is HEAD
         timeout = self.limits.head_timeout_s if head else self.limits.body_timeout_s
         if self.flow.read_paused and not self.flow.write_paused:
             self._arm(timeout)  # we are not reading: the wait is ours, not the client's
@@ -176,7 +187,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel()
         metrics.ERRORS.labels(error.reason.value, str(error.status)).inc()
         cycle = self.cycle
-        if self._phase is _Phase.BODY:
+        if self._phase is BODY:
             if cycle.response_started or self.pipeline:
                 self.transport.close()
                 return
