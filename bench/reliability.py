@@ -13,6 +13,9 @@
    metric files read after exit against what the clients received).
 4. A worker SIGKILLed under --clients posting clients plus 8 requests held in flight: time until /metrics
    reads 1 request in flight again (the scrape itself); the dead worker's counts stay in the totals.
+5. What the limits cost per request: a small POST fed to the protocol in-process (no sockets, a minimal
+   ASGI app, uvloop), CPU time per request with service.http_limits against uvicorn's HttpToolsProtocol;
+   medians of alternating rounds. For scale: bench/run.py's HTTP floor is ~128 us of server CPU per request.
 
 Latency figures are wall time on the machine the bench runs on; the load average is printed with them.
 About a minute with the defaults.
@@ -24,15 +27,25 @@ import argparse
 import asyncio
 import math
 import os
+import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import uvicorn
+import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Load, Request, run  # noqa: E402
+from service.http_limits import LimitedHttpToolsProtocol  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.faults import (  # noqa: E402
     JSON_BODY,
@@ -173,6 +186,66 @@ def sigkill(tmp: Path, clients: int) -> list[Row]:
     ]
 
 
+class _NullTransport(asyncio.Transport):
+    """A connection that takes every write and goes nowhere."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def _ok(scope: dict, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _cpu_per_request(protocol: Any, requests: int) -> float:
+    """CPU us per keep-alive request: parse, run the app, answer, re-arm the keep-alive timer."""
+    config = uvicorn.Config(_ok, log_level="warning", access_log=False)
+    config.load()
+    connection = protocol(config=config, server_state=ServerState(), app_state={})
+    connection.connection_made(_NullTransport())
+    request = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n"
+    request += b"Content-Length: %d\r\n\r\n%s" % (len(JSON_BODY), JSON_BODY)
+    for round_ in (range(500), range(requests)):  # warm up, then measure
+        started = time.process_time()
+        for _ in round_:
+            connection.data_received(request)
+            await asyncio.sleep(0)  # the app task answers
+    return (time.process_time() - started) / requests * 1e6
+
+
+def protocol_cost(rounds: int = 9, requests: int = 20_000) -> list[Row]:
+    limited = partial(LimitedHttpToolsProtocol, settings=Settings())
+    plain, limits = [], []
+    for _ in range(rounds):
+        plain.append(uvloop.run(_cpu_per_request(HttpToolsProtocol, requests)))
+        limits.append(uvloop.run(_cpu_per_request(limited, requests)))
+    base, ours = statistics.median(plain), statistics.median(limits)
+    return [
+        Row(
+            "HTTP limits add <= 2 us of CPU per request",
+            f"+{ours - base:.2f} us ({ours:.2f} vs {base:.2f} us: uvicorn's protocol + a minimal app)",
+            ours - base <= 2.0,
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,6 +260,7 @@ def main() -> None:
         rows += stalled_connections(Path(tmp), args.connections)
         rows += sigterm(Path(tmp), args.clients)
         rows += sigkill(Path(tmp), args.clients)
+    rows += protocol_cost()
     load_after = os.getloadavg()
     print(
         f"{os.cpu_count()} CPUs; 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
