@@ -47,8 +47,8 @@ def address(url: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Closed:
-    """How a connection ended: `seconds` after the client's last byte (inf: still open at the time limit)
-    and what the server wrote before it closed."""
+    """How a connection ended: `seconds` after the client started (inf: still open at the time limit) and
+    what the server wrote before it closed."""
 
     seconds: float
     response: bytes
@@ -78,12 +78,14 @@ async def until_closed(reader: asyncio.StreamReader, started: float, limit_s: fl
 
 
 async def stall(url: str, sent: bytes, limit_s: float) -> Closed:
-    """Connect, send `sent`, then nothing: when does the server close, and what has it written by then?"""
+    """Connect, send `sent`, then nothing: when does the server close (seconds from the start of the connect,
+    so never less than the server's own count), and what has it written by then?"""
+    started = time.monotonic()
     reader, writer = await asyncio.open_connection(*address(url))
     try:
         writer.write(sent)
         await writer.drain()
-        return await until_closed(reader, time.monotonic(), limit_s)
+        return await until_closed(reader, started, limit_s)
     finally:
         writer.close()
 
