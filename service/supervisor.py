@@ -10,12 +10,18 @@ from uvicorn.supervisors import Multiprocess
 
 
 class Supervisor(Multiprocess):
-    """uvicorn's worker supervisor, which also retires the live gauges of every worker it has seen end.
+    """uvicorn's worker supervisor, which also retires the live gauges of every worker it has seen end, and
+    notices a worker that dies during its health check at once.
 
     A worker that dies (or is replaced on SIGHUP, or dropped on SIGTTOU) leaves its `livesum` gauge files
     (requests in flight, queue depth) behind, and /metrics would add them in for good. uvicorn joins a
     worker before it drops it from `processes`, so a pid gone from that list is a dead one. Its counters
     and histograms stay: they are what it did.
+
+    uvicorn pings each worker over a pipe every 0.5 s and waits up to `timeout_worker_healthcheck` (5 s) for
+    the answer. The supervisor keeps its copy of the worker's end of that pipe open (it is pickled into the
+    worker at start), so a worker killed between ping and pong was only found dead after those 5 s. Once a
+    worker has started, its end is the worker's alone: we close our copy, and its death reads as end-of-file.
     """
 
     def __init__(self, config: Config, sockets: list[socket]) -> None:
@@ -24,18 +30,20 @@ class Supervisor(Multiprocess):
 
     def init_processes(self) -> None:
         super().init_processes()
-        self._retire_dead()
+        self._track()
 
     def keep_subprocess_alive(self) -> None:
         super().keep_subprocess_alive()
-        self._retire_dead()
+        self._track()
 
     def handle_signals(self) -> None:
         super().handle_signals()
-        self._retire_dead()
+        self._track()
 
-    def _retire_dead(self) -> None:
-        alive = {process.pid for process in self.processes if process.pid is not None}
-        for pid in self._pids - alive:
+    def _track(self) -> None:
+        workers = {process.pid: process for process in self.processes if process.pid is not None}
+        for pid in self._pids - workers.keys():
             multiprocess.mark_process_dead(pid)
-        self._pids = alive
+        for pid in workers.keys() - self._pids:
+            workers[pid].child_conn.close()
+        self._pids = set(workers)

@@ -1,10 +1,13 @@
 """Faults against real `python -m service` processes on 127.0.0.1: huge headers, stalled and slow clients,
-keep-alive idle, the connection cap, SIGTERM under load, a worker SIGKILLed under load. Short timeouts via
+keep-alive idle, the connection cap, SIGTERM under load, a worker SIGKILLed under load or during its health
+check. Short timeouts via
 MNIST_* keep it bounded; bench/reliability.py measures the same against the issue's figures."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from tests.faults import (
     stall,
     stalls_during_traffic,
     until_closed,
+    workers,
 )
 from tests.liveserver import LiveServer, metric_sum
 
@@ -224,3 +228,18 @@ def test_worker_sigkill_under_load_leaves_metrics_right(server_factory, model_en
     assert set(crash.traffic.statuses) == {200}
     clients = 16
     assert crash.traffic.statuses[200] - clients <= crash.served <= crash.traffic.statuses[200] + clients
+
+
+def test_worker_killed_during_its_health_check_is_replaced_at_once(server_factory, model_env) -> None:
+    """uvicorn pings every worker each 0.5 s and waits up to 5 s for the answer: a worker that dies with a
+    ping outstanding (here: stopped, then killed) must be found dead at once, not after the 5 s."""
+    with server_factory(workers=2, env=model_env) as server:
+        before = workers(server.process.pid)
+        os.kill(before[1], signal.SIGSTOP)
+        time.sleep(0.8)  # the supervisor has pinged it by now, and waits for the answer
+        os.kill(before[1], signal.SIGKILL)
+        killed = time.monotonic()
+        while not set(workers(server.process.pid)) - set(before) and time.monotonic() - killed < 10:
+            time.sleep(0.02)
+        replaced_s = time.monotonic() - killed
+    assert replaced_s < 2.0  # 4.4-4.7 s when the supervisor held the worker's end of the ping pipe
