@@ -38,7 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.settings import Settings  # noqa: E402
-from tests.faults import HOST_HEADER, JSON_BODY, PIXELS, address, huge_head, open_fds, rss_mb, workers  # noqa: E402
+from tests.faults import (  # noqa: E402
+    HOST_HEADER,
+    JSON_BODY,
+    PIXELS,
+    address,
+    huge_head,
+    huge_request,
+    open_fds,
+    rss_mb,
+    workers,
+)
 from tests.liveserver import run_server  # noqa: E402
 from tests.realistic import encode, font_ink, paper_scan, phone_photo  # noqa: E402
 
@@ -128,8 +138,11 @@ def mix() -> dict[str, tuple[Send, set[int | None]]]:
     }
 
 
+HUGE = huge_request(1 << 20)
+
+
 async def _huge(url: str) -> int | None:
-    return (await huge_head(url, 1 << 20, 30)).status
+    return (await huge_head(url, HUGE, 30)).status
 
 
 def sample(server_pid: int) -> Sample:

@@ -90,10 +90,15 @@ async def stall(url: str, sent: bytes, limit_s: float) -> Closed:
         writer.close()
 
 
-async def huge_head(url: str, size: int, limit_s: float) -> Closed:
-    """A GET whose one header is `size` bytes, written as fast as the server takes it: how long until the
-    server refuses it (answers or closes)."""
-    head = memoryview(b"GET /healthz HTTP/1.1\r\n" + HOST_HEADER + b"X-Filler: " + b"a" * size + b"\r\n\r\n")
+def huge_request(size: int) -> bytes:
+    """A GET whose one header is `size` bytes."""
+    return b"GET /healthz HTTP/1.1\r\n" + HOST_HEADER + b"X-Filler: " + b"a" * size + b"\r\n\r\n"
+
+
+async def huge_head(url: str, request: bytes, limit_s: float) -> Closed:
+    """Send a huge_request as fast as the server takes it: how long until the server refuses it (answers or
+    closes)? Build the request beforehand: copying 100 MiB would also stall this event loop."""
+    head = memoryview(request)
     reader, writer = await asyncio.open_connection(*address(url))
 
     async def send() -> None:  # 1 MiB at a time, as a streaming client would
@@ -172,10 +177,11 @@ async def closed_loop(url: str, clients: int, stop: asyncio.Event) -> Traffic:
 async def huge_head_during_traffic(url: str, size: int, clients: int = 4) -> tuple[Closed, Traffic]:
     """A `size`-byte header sent while `clients` others post JSON digits: the refusal, and what they saw
     from just before it until 0.5 s after."""
+    request = huge_request(size)
     stop = asyncio.Event()
     load = asyncio.create_task(closed_loop(url, clients, stop))
     await asyncio.sleep(0.3)
-    refusal = await huge_head(url, size, limit_s=60)
+    refusal = await huge_head(url, request, limit_s=60)
     await asyncio.sleep(0.5)
     stop.set()
     return refusal, await load
