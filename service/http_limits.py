@@ -5,14 +5,15 @@ timeout. It has no limit on the request head (httptools appends every chunk of a
 value, so a 64 MiB header holds a worker's event loop for seconds), no timeout for a request's head or body
 (a connection that sends nothing, half a request line, or headers without their body is held for good), and
 `limit_concurrency` only answers text/plain 503 after accepting and parsing a request. h11's
-`h11_max_incomplete_event_size` bounds the head, but h11 is pure Python (several times the parsing cost per
-request) and has no head or body timeout either. So `LimitedHttpToolsProtocol` subclasses uvicorn's
-HttpToolsProtocol; `uvicorn_options` selects it. Which limit is enforced where:
+`h11_max_incomplete_event_size` bounds the head, but h11 parses in pure Python (more CPU per request than
+httptools, on the hot path of every request) and has no head or body timeout either. So
+`LimitedHttpToolsProtocol` subclasses uvicorn's HttpToolsProtocol; `uvicorn_options` selects it. Which
+limit is enforced where:
 
 - head size (`max_head_bytes`): `data_received` counts the bytes of the current head *before* the parser
   sees them; a read that would cross the limit is fed only up to it; if the head has not ended there: 431.
   A read that ends one message and starts the next is not counted for the next head, so the bound is the
-  limit plus one read (uvloop reads at most 256 KiB).
+  limit plus one read (uvloop reads at most 256,000 bytes).
 - head time (`head_timeout_s`, from connect or the first byte of a later request) and body time
   (`body_timeout_s`, once the head is in): one timer per connection, armed at connect and whenever a read
   leaves a request incomplete, so a request that arrives in one read costs no timer at all. On expiry: 408
