@@ -15,7 +15,6 @@ from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.supervisors import Multiprocess
 
 from service import fleet, logs
 from service.runtime import ModelLoadError
@@ -36,16 +35,6 @@ def _metrics_dir() -> tuple[Path, bool]:
             stale.unlink()
         return path, False
     return Path(tempfile.mkdtemp(prefix="mnist-metrics-")), True
-
-
-class _Supervisor(Multiprocess):
-    """uvicorn's worker supervisor, except that SIGHUP reloads the model in every worker (service/fleet.py)
-    instead of restarting them: a restart would fail the requests in flight."""
-
-    def handle_hup(self) -> None:
-        for process in self.processes:
-            if process.pid is not None and process.process.is_alive():
-                os.kill(process.pid, signal.SIGHUP)
 
 
 def _settings() -> Settings:
@@ -149,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[MULTIPROC_ENV] = str(path)
     status_dir = Path(tempfile.mkdtemp(prefix="mnist-workers-"))
     os.environ[fleet.STATUS_DIR_ENV] = str(status_dir)
+    # Imported only now: they import prometheus_client, which picks its value storage (files shared by the
+    # workers, or process memory) once, at import, from PROMETHEUS_MULTIPROC_DIR.
+    from service.http_limits import uvicorn_options
+    from service.supervisor import Supervisor
+
     # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = uvicorn.Config(
@@ -160,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         log_config=logs.uvicorn_config(settings.log_format, settings.log_level),
         access_log=False,  # service/app.py's Observe writes one record per request in JSON format
+        **uvicorn_options(settings),
     )
     try:
         _check_model(settings)
@@ -178,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             except OSError as exc:
                 _stop(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
             os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
-            _Supervisor(config, sockets=[listener]).run()
+            Supervisor(config, sockets=[listener]).run()
     except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run
         pass
     finally:

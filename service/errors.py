@@ -37,6 +37,11 @@ class Reason(str, Enum):
     DECODE_QUEUE_FULL = "decode_queue_full"
     SHUTDOWN = "shutdown"
     TIMEOUT = "timeout"
+    INVALID_HTTP = "invalid_http"  # the HTTP parser refused the bytes (service/http_limits.py, as below)
+    HEAD_TOO_LARGE = "head_too_large"
+    HEAD_TIMEOUT = "head_timeout"
+    BODY_TIMEOUT = "body_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     HTTP = "http"  # any other HTTP status Starlette raises
     INTERNAL = "internal"
 
@@ -76,6 +81,10 @@ class MethodNotAllowed(ApiError):
     status = 405
 
 
+class RequestTimeout(ApiError):
+    status = 408
+
+
 class TooLarge(ApiError):
     status = 413
 
@@ -89,6 +98,10 @@ class Unsupported(ApiError):
 
 class Invalid(ApiError):
     status = 422
+
+
+class HeadTooLarge(ApiError):
+    status = 431
 
 
 class Busy(ApiError):

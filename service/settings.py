@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     max_image_queue: int = Field(
         32, ge=1, description="image requests waiting to be decoded, per worker, before 503 + Retry-After"
     )
+    # HTTP limits, enforced per connection by service/http_limits.py (README "Reliability").
+    max_head_bytes: int = Field(
+        64 * 1024, ge=1024, description="request line + headers, bytes; more: 431 and the connection closed"
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0.0, description="time to receive a request's head, from connect or its first byte (408)"
+    )
+    body_timeout_s: float = Field(
+        15.0, gt=0.0, description="time to receive a request's body once its head is in (408)"
+    )
+    keepalive_timeout_s: float = Field(5.0, gt=0.0, description="idle keep-alive connections closed after")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections per worker; more get 503 + Retry-After at connect"
+    )
     api_key: SecretStr | None = Field(None, description="if set, predict/infer routes need Bearer <key>")
     admin_key: SecretStr | None = Field(
         None, description="Bearer key of the model repository routes (reload); unset: they answer 403"

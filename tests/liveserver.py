@@ -25,6 +25,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of all samples of `name` in a /metrics text whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -85,13 +95,3 @@ def run_server(
         yield server
     finally:
         stop(process)
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """Sum of all samples of `name` in Prometheus text whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
-            total += float(value)
-    return total
