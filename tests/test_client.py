@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnist_client import AsyncClient, Client, MnistError, ModelRef, Prediction
+from mnist_client.cli import Outcome, table
 from tests.liveserver import LiveServer, free_port
 from tests.realistic import encode
 from tests.test_service_server import metric_sum
@@ -356,3 +357,17 @@ def test_cli_progress_bar_only_on_a_terminal(live_server: LiveServer, photos: Pa
     assert result.returncode == 0
     assert b"] 2/2" in shown and b"#" * 30 in shown  # the bar, full at the end
     assert b"]" not in result.stdout.split(b"\n", 1)[1]  # the table stays clean
+
+
+def test_not_a_digit_is_shown_when_the_server_says_so(live_server: LiveServer) -> None:
+    """`is_digit` / `digit_score` are parsed when a prediction carries them and shown by the CLI."""
+    body = server_json(live_server.url, json={"pixels": DIGITS[0].tolist()})
+    plain = Prediction.from_json(body)
+    flagged = Prediction.from_json({**body, "is_digit": False, "digit_score": 0.125})
+    if "is_digit" not in body:  # a server from before is_digit
+        assert (plain.is_digit, plain.digit_score) == (None, None)
+    assert (flagged.is_digit, flagged.digit_score) == (False, 0.125)
+    rows = table([Outcome("a.png", prediction=plain), Outcome("b.png", prediction=flagged)]).splitlines()
+    assert rows[1].endswith("not a digit") == (plain.is_digit is False)
+    assert rows[2].endswith("not a digit")
+    assert Outcome("b.png", prediction=flagged).as_json()["is_digit"] is False
