@@ -9,10 +9,11 @@ PORT ?= 8000
 
 .PHONY: run test train bench realworld lint system-deps
 
-$(BIN)/mnist-serve: pyproject.toml
+# The service and its Python client (client/: its own distribution, mnist-predict).
+$(BIN)/mnist-serve: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e . -e ./client
 	touch $@
 
 $(VENV)/.dev: $(BIN)/mnist-serve

@@ -1,19 +1,34 @@
 # The trainer (torch; CUDA when the host has a GPU), for `docker compose run --rm trainer`, which writes
-# lenet5.onnx, its card and plots into the mounted models/. Offline pip like the serving image:
-#   docker/ci/wheelhouse.sh train && docker compose build trainer
+# lenet5.onnx, its card and plots into the mounted models/. pip installs the hash-pinned lock like the
+# serving image: from the package index by default, or offline with WHEELS=wheelhouse after
+#   docker/ci/wheelhouse.sh train && MNIST_WHEELS=wheelhouse docker compose build trainer
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG WHEELS=index
+
+FROM scratch AS wheels-index
+FROM scratch AS wheels-wheelhouse
+COPY wheelhouse/train/ /
+# hadolint ignore=DL3006
+FROM wheels-${WHEELS} AS wheels
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG WHEELS
+# A mirror of the package index (plain http: also PIP_TRUSTED_HOST, or pip neither trusts nor caches it).
+ARG PIP_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY docker/requirements/ docker/requirements/
-COPY wheelhouse/train/ /wheels/
-RUN /opt/venv/bin/pip install --require-hashes --no-deps -r docker/requirements/train.txt
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    --mount=type=bind,from=wheels,target=/wheels \
+    if [ "$WHEELS" = wheelhouse ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+    && /opt/venv/bin/pip install --require-hashes --no-deps \
+        -r docker/requirements/train.txt -r docker/requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY trainer/ trainer/
-RUN /opt/venv/bin/pip install --no-deps .
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-cache-dir .
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mnist

@@ -13,7 +13,8 @@ from tests.liveserver import ROOT
 
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "mnist.json"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
-COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cpu.yml")
+# MNIST_VARIANT picks the image and the hardware file the api and trainer extend; these are the choices.
+VARIANTS = ("cpu", "gpu")
 METRIC = re.compile(r"\bmnist_[a-z0-9_]+")
 
 

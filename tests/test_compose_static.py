@@ -18,10 +18,10 @@ except ModuleNotFoundError:  # Python 3.10
 from tests.conftest import require_program
 from tests.liveserver import ROOT, LiveServer
 from tests.stack import (
-    COMPOSE_FILES,
     DASHBOARD,
     METRIC,
     PROMETHEUS_CONFIG,
+    VARIANTS,
     compose_binary,
     dashboard_exprs,
     send_traffic,
@@ -71,48 +71,62 @@ def test_hadolint_is_clean(dockerfile: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def compose_config(*args: str) -> dict:
-    files = [arg for name in args for arg in ("-f", name)]
+def compose_config(**variables: str) -> dict:
+    """The rendered services (train profile included) with only `variables` set in the environment."""
     result = subprocess.run(
-        [str(compose_binary()), *files, "--profile", "train", "config", "--format", "json"],
+        [str(compose_binary()), "--profile", "train", "config", "--format", "json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin"},  # no MNIST_* or *_PORT of the caller leaks into the rendering
+        env={"PATH": "/usr/bin:/bin", **variables},  # no MNIST_* or *_PORT of the caller leaks in
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["services"]
 
 
 def test_compose_config_is_valid() -> None:
-    """`docker compose config -q` for the GPU default, the CPU override and the train profile."""
-    for files in ((COMPOSE_FILES[0],), COMPOSE_FILES):
-        args = [arg for name in files for arg in ("-f", name)]
+    """`docker compose config -q` for each variant, with and without the train profile."""
+    for variant in VARIANTS:
         for extra in ([], ["--profile", "train"]):
             result = subprocess.run(
-                [str(compose_binary()), *args, *extra, "config", "-q"],
+                [str(compose_binary()), *extra, "config", "-q"],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
                 timeout=60,
+                env={"PATH": "/usr/bin:/bin", "MNIST_VARIANT": variant},
             )
-            assert result.returncode == 0, (files, extra, result.stderr)
+            assert result.returncode == 0, (variant, extra, result.stderr)
 
 
-def test_compose_gpu_by_default_and_a_cpu_override() -> None:
-    gpu = compose_config(COMPOSE_FILES[0])
-    (device,) = gpu["api"]["deploy"]["resources"]["reservations"]["devices"]
-    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
-    assert gpu["api"]["build"]["args"]["VARIANT"] == "gpu"
-    cpu = compose_config(*COMPOSE_FILES)
+def test_compose_cpu_by_default_gpu_by_one_variable() -> None:
+    """`docker compose up --build` runs anywhere; MNIST_VARIANT=gpu alone switches image and GPU reservation;
+    MNIST_WHEELS=wheelhouse alone makes both image builds offline."""
+    cpu = compose_config()
     assert "deploy" not in cpu["api"] and "deploy" not in cpu["trainer"]
-    assert cpu["api"]["build"]["args"]["VARIANT"] == "cpu"
-    assert cpu["api"]["environment"]["MNIST_PROVIDERS"] == "cpu"
+    assert cpu["api"]["build"]["args"] == {"VARIANT": "cpu", "WHEELS": "index"}
+    assert cpu["api"]["image"] == "mnist-serve:cpu"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG VARIANT=cpu$", dockerfile, re.MULTILINE), "docker build . builds the same default"
+
+    gpu = compose_config(MNIST_VARIANT="gpu")
+    for name in ("api", "trainer"):
+        (device,) = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia", name
+    assert gpu["api"]["build"]["args"]["VARIANT"] == "gpu" and gpu["api"]["image"] == "mnist-serve:gpu"
+
+    offline = compose_config(MNIST_WHEELS="wheelhouse")
+    assert offline["api"]["build"]["args"]["WHEELS"] == offline["trainer"]["build"]["args"]["WHEELS"]
+    assert offline["api"]["build"]["args"]["WHEELS"] == "wheelhouse"
+
+    # Each variant has its hardware file and its image lock.
+    assert {path.stem for path in (ROOT / "docker" / "compose").glob("*.yml")} == set(VARIANTS)
+    assert all((ROOT / "docker" / "requirements" / f"{variant}.txt").is_file() for variant in VARIANTS)
 
 
 def test_compose_services_are_healthchecked_ordered_and_restarted() -> None:
-    services = compose_config(COMPOSE_FILES[0])
+    services = compose_config()
     assert set(services) == {"api", "prometheus", "grafana", "trainer"}
     for name in ("prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name

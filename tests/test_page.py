@@ -10,12 +10,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import require_program
 from tests.liveserver import ROOT, LiveServer
+from tests.realistic import encode
 from trainer.data import load_test
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -74,7 +76,7 @@ def open_page(browser: Browser, server: LiveServer, **context_options: object) -
 
     page.on("request", check)
     page.goto(f"{server.url}/")
-    page.wait_for_function("!document.getElementById('model').textContent.includes('loading')")
+    page.wait_for_function("document.querySelectorAll('#bars li').length === 10")  # the script has run
     yield page
     context.close()
     assert not problems
@@ -265,8 +267,76 @@ def test_api_key_field(browser: Browser, server_factory: Callable[..., object]) 
 
 
 def test_model_name_and_version_are_shown(page: Page, live_server: LiveServer) -> None:
+    assert page.inner_text("#model") == f"Model: {NOTHING}"  # nothing has answered yet
+    draw(page, DIGITS[1])
+    settle(page)
     model = httpx.get(f"{live_server.url}/v1/models/lenet5", timeout=10).json()
     assert page.inner_text("#model") == f"Model: {model['name']} {model['version']}"
+
+
+def renamed_model(folder: Path, name: str, version: str) -> Path:
+    """The shipped model with other name/version metadata (what the service reports for it)."""
+    model = onnx.load(ROOT / "models" / "lenet5.onnx")
+    props = {prop.key: prop for prop in model.metadata_props}
+    props["name"].value, props["version"].value = name, version
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_model_shown_is_the_one_that_answered(
+    browser: Browser, server_factory: Callable[..., object], tmp_path: Path
+) -> None:
+    """Named from the prediction answer, not looked up by a fixed name: any served model shows."""
+    env = {"MNIST_MODEL_PATH": str(renamed_model(tmp_path, "digits", "2.0.0-test"))}
+    with (
+        server_factory(env=env) as server,
+        open_page(browser, server, viewport={"width": 1000, "height": 800}) as page,
+    ):
+        paths: list[str] = []
+        page.on("request", lambda request: paths.append(urlsplit(request.url).path))
+        draw(page, DIGITS[1])
+        settle(page)
+        assert page.inner_text("#digit") == "1"
+        assert page.inner_text("#model") == "Model: digits 2.0.0-test"
+        assert not [path for path in paths if path.startswith("/v1/models")]
+
+
+def digit_png(mnist_dir: Path, index: int) -> tuple[bytes, int]:
+    """An MNIST test digit as a phone-photo-like PNG, and its label."""
+    test = load_test(mnist_dir)
+    image = photo_of(test.images[index], np.random.default_rng(index))
+    return encode(image, "PNG"), int(test.labels[index])
+
+
+def test_chosen_file_without_a_type_is_recognised(page: Page, mnist_dir: Path) -> None:
+    """A file the browser gives no MIME type (no extension) is sent as a multipart `file`; the server
+    reads the format from its bytes."""
+    png, label = digit_png(mnist_dir, 3)
+    page.set_input_files("#file", {"name": "scan-without-extension", "mimeType": "", "buffer": png})
+    assert page.evaluate("document.getElementById('file').files.length") == 0  # reset after choosing
+    settle(page)
+    assert page.inner_text("#error") == ""
+    assert page.inner_text("#source") == "scan-without-extension"
+    assert page.inner_text("#digit") == str(label)
+
+
+def test_dropped_file_without_a_type_is_recognised(page: Page, mnist_dir: Path) -> None:
+    png, label = digit_png(mnist_dir, 4)
+    transfer = page.evaluate_handle(
+        """(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "dropped", { type: "" }));
+        return transfer;
+    }""",
+        list(png),
+    )
+    assert page.evaluate("(transfer) => transfer.files[0].type", transfer) == ""
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    settle(page)
+    assert page.inner_text("#error") == ""
+    assert page.inner_text("#source") == "dropped"
+    assert page.inner_text("#digit") == str(label)
 
 
 def test_phone_width_fits_and_draws_by_touch(browser: Browser, live_server: LiveServer) -> None:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Download the image's pinned wheels on the host into wheelhouse/<variant>/, because pip inside
-# `docker build` runs offline (--no-index): the build is hermetic and reproducible from the locks.
+# Download the image's pinned wheels on the host into wheelhouse/<variant>/ for an offline build
+# (--build-arg WHEELS=wheelhouse, or MNIST_WHEELS=wheelhouse for compose): pip inside `docker build` then
+# runs with --no-index, hermetic and reproducible from the locks. CI uses it; machines without registry
+# access need it. (The default build downloads the same locked wheels from the package index instead.)
 # ($PYTHON, default python3, runs pip: any interpreter whose pip reaches the package index.)
 # Usage: docker/ci/wheelhouse.sh cpu|gpu|train   (cpu ~60 MB; gpu: onnxruntime-gpu + CUDA/cuDNN, ~1.5 GB;
 #                                                  train: torch with CUDA for docker/trainer.Dockerfile)
