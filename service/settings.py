@@ -25,27 +25,42 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MNIST_", protected_namespaces=())
 
     model_path: Path = Field(
-        ROOT / "models" / "lenet5.onnx", description="ONNX model; its card is the .json beside it"
+        ROOT / "models" / "lenet5.onnx",
+        description="ONNX model to serve; its card (test accuracy) is the .json beside it",
     )
-    providers: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA if it loads, else CPU")
+    providers: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA if it loads, else CPU; cuda: refuse to start without it; cpu"
+    )
     # Batching defaults measured with bench/batching.py on 2 cores (README "Configuration").
     max_batch_size: int = Field(
-        64, ge=1, le=4096, description="images per onnxruntime run (and warm-up shapes)"
+        64, ge=1, le=4096, description="images per onnxruntime run; warm-up runs every size 1..this"
     )
     inline_batch_max: int = Field(
         4,
         ge=0,
         description="CPU batches up to this many images run on the event loop (no thread hand-off); 0: never",
     )
-    max_batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait for a batch to fill")
-    digit_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="digit_score below it: is_digit false; unset: the model's own"
+    max_batch_wait_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="extra wait for a batch to fill (0: take what queued during the last run)",
     )
-    max_queue: int = Field(1024, ge=1, description="images waiting for a run before 503 + Retry-After")
-    request_timeout_s: float = Field(10.0, gt=0.0, description="deadline for a request's inference (504)")
+    digit_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="digit_score below it: is_digit false; unset: the threshold in the model",
+    )
+    max_queue: int = Field(1024, ge=1, description="images waiting for a run; beyond it 503 + Retry-After")
+    request_timeout_s: float = Field(10.0, gt=0.0, description="per-request inference deadline (504)")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit (413)")
-    max_batch_items: int = Field(1024, ge=1, description="images per batch request (413)")
-    max_image_pixels: int = Field(40_000_000, ge=784, description="decoded image size limit (413)")
+    max_batch_items: int = Field(
+        1024, ge=1, description="images per batch request (413); at most MNIST_MAX_QUEUE"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=784, description="pixels of one image, read before decoding (413)"
+    )
     max_image_queue: int = Field(
         32, ge=1, description="image requests waiting to be decoded, per worker, before 503 + Retry-After"
     )
@@ -63,9 +78,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="open connections per worker; more get 503 + Retry-After at connect"
     )
-    api_key: SecretStr | None = Field(None, description="if set, predict/infer routes need Bearer <key>")
+    api_key: SecretStr | None = Field(
+        None, description="if set, the predict and infer routes need `Authorization: Bearer` with it"
+    )
     admin_key: SecretStr | None = Field(
-        None, description="Bearer key of the model repository routes (reload); unset: they answer 403"
+        None, description="Bearer key of the model repository (reload) routes; unset: they answer 403"
     )
     model_poll_s: float = Field(
         0.0, ge=0.0, description="reload when the model file changes, checked every N seconds; 0: off"
@@ -74,11 +91,15 @@ class Settings(BaseSettings):
         60.0, gt=0.0, description="how long a reload call waits for every worker to finish its reload"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated; empty: CORS off")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="critical, error, warning, info or debug"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line, and one per request"
     )
-    workers: int = Field(default_factory=lambda: cores(), ge=1, description="worker processes")
+    workers: int = Field(
+        default_factory=lambda: cores(), ge=1, description="worker processes (--workers overrides)"
+    )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per worker; 0: cores // workers")
 
     @field_validator("cors_origins", mode="before")
