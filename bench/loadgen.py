@@ -25,6 +25,22 @@ done = function(summary, latency, requests)
     e.status, e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
 end
 """
+# Optional, as it costs wrk a Lua call per response: the count of each status code, over all threads.
+STATUSES = """
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+statuses = {}
+response = function(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+local report = done
+done = function(summary, latency, requests)
+  local line = "WRK_STATUSES"
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do line = line .. " " .. status .. ":" .. count end
+  end
+  io.write(line .. "\\n")
+  report(summary, latency, requests)
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class Load:
     seconds: float
     p50_ms: float
     p99_ms: float
+    statuses: dict[int, int] | None = None  # by status code, when asked for
 
     @property
     def rate(self) -> float:
@@ -53,7 +70,7 @@ class Load:
         return self.ok / self.seconds
 
 
-def _script(request: Request, folder: Path) -> Path:
+def _script(request: Request, folder: Path, statuses: bool) -> Path:
     lines = []
     if request.body:
         body = folder / "body"
@@ -64,15 +81,18 @@ def _script(request: Request, folder: Path) -> Path:
             f'local f = assert(io.open("{body}", "rb")); wrk.body = f:read("*a"); f:close()',
         ]
     script = folder / "load.lua"
-    script.write_text("\n".join(lines) + DONE)
+    script.write_text("\n".join(lines) + DONE + (STATUSES if statuses else ""))
     return script
 
 
-def run(url: str, request: Request, *, concurrency: int, seconds: int, timeout_s: int = 30) -> Load:
+def run(
+    url: str, request: Request, *, concurrency: int, seconds: int, timeout_s: int = 30, statuses: bool = False
+) -> Load:
     """`concurrency` keep-alive connections, each sending `request` as soon as the last answer arrived,
-    for `seconds` (whole seconds: wrk's unit); bounded by wrk's own duration and a process timeout."""
+    for `seconds` (whole seconds: wrk's unit); bounded by wrk's own duration and a process timeout.
+    `statuses` also counts the answers by status code."""
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
-        script = _script(request, Path(tmp))
+        script = _script(request, Path(tmp), statuses)
         command = [
             WRK,
             "-t1",
@@ -93,6 +113,7 @@ def run(url: str, request: Request, *, concurrency: int, seconds: int, timeout_s
     if line is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     requests, micros, bad_status, socket_errors, p50, p99 = map(int, line.split()[1:])
+    counted = next((line.split()[1:] for line in out.splitlines() if line.startswith("WRK_STATUSES")), None)
     return Load(
         requests=requests,
         ok=requests - bad_status,
@@ -100,6 +121,7 @@ def run(url: str, request: Request, *, concurrency: int, seconds: int, timeout_s
         seconds=micros / 1e6,
         p50_ms=p50 / 1000,
         p99_ms=p99 / 1000,
+        statuses=None if counted is None else {int(k): int(v) for k, v in (p.split(":") for p in counted)},
     )
 
 

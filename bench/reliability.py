@@ -1,6 +1,7 @@
 """Issue 14's targets for HTTP limits and crashes, against real servers (default settings); one table.
 
     python bench/reliability.py [--header-mib 64 128] [--connections 1000] [--clients 32]
+                                [--overload-clients 128 256]
 
 1. Huge headers, one worker (every client shares its event loop): time from the first byte until the
    server refuses (431 or a close), and the max latency of 4 clients posting JSON digits meanwhile.
@@ -13,6 +14,9 @@
    metric files read after exit against what the clients received).
 4. A worker SIGKILLed under --clients posting clients plus 8 requests held in flight: time until /metrics
    reads 1 request in flight again (the scrape itself); the dead worker's counts stay in the totals.
+4b. Overload, two workers: raw 256-image batches from 8 clients, then from each --overload-clients (wrk,
+   counting statuses): accepted images/s against the 8-client figure, the statuses, and the median latency
+   of single requests before and right after.
 5. What the limits cost per request: a small POST fed to the protocol in-process (no sockets, a minimal
    ASGI app, uvloop), CPU time per request with service.http_limits against uvicorn's HttpToolsProtocol;
    medians of alternating rounds. For scale: bench/run.py's HTTP floor is ~128 us of server CPU per request.
@@ -36,6 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -186,6 +192,54 @@ def sigkill(tmp: Path, clients: int) -> list[Row]:
     ]
 
 
+def _single_ms(url: str, request: Request, n: int = 20) -> float:
+    """Median latency of `n` single JSON requests one after another, on a fresh connection each."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        httpx.post(url + request.path, content=request.body, headers={"Content-Type": request.content_type})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def overload(tmp: Path, clients: list[int], seconds: int = 5) -> list[Row]:
+    """Raw 256-image batches from 8 clients, then from each of `clients`: the images/s accepted may not
+    collapse (refusals come before the body is read), only 200/503/504 come back, and a single request
+    right after is as fast as before."""
+    batch = np.random.default_rng(0).integers(0, 256, (256, 784), dtype=np.uint8)
+    posts = Request("/predict/batch", batch.tobytes(), "application/octet-stream")
+    single = Request("/predict", JSON_BODY, "application/json")
+    rows = []
+    with run_server(tmp, workers=2) as server:
+        before = _single_ms(server.url, single)
+        base = run(server.url, posts, concurrency=8, seconds=seconds, statuses=True)
+        base_rate = base.ok * 256 / base.seconds
+        for c in clients:
+            load = run(server.url, posts, concurrency=c, seconds=seconds, statuses=True)
+            time.sleep(1)  # the server works off what was admitted
+            rate = load.ok * 256 / load.seconds
+            statuses = load.statuses or {}
+            refused = sum(count for status, count in statuses.items() if status != 200)
+            clean = set(statuses) <= {200, 503, 504} and load.errors == refused  # no socket errors
+            rows.append(
+                Row(
+                    f"{c} clients posting 256-image batches: accepted images/s >= 60 % of 8 clients', "
+                    "only 200/503/504",
+                    f"{rate:,.0f} vs {base_rate:,.0f} images/s ({rate / base_rate:.0%}), statuses {statuses}",
+                    rate >= 0.6 * base_rate and clean,
+                )
+            )
+        after = _single_ms(server.url, single)
+    rows.append(
+        Row(
+            "a single request right after the overload is as fast as before (<= 1.5 x + 2 ms)",
+            f"median {after:.1f} ms vs {before:.1f} ms before",
+            after <= 1.5 * before + 2,
+        )
+    )
+    return rows
+
+
 class _NullTransport(asyncio.Transport):
     """A connection that takes every write and goes nowhere."""
 
@@ -253,6 +307,7 @@ def main() -> None:
     parser.add_argument("--header-mib", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--overload-clients", type=int, nargs="+", default=[128, 256])
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
@@ -260,6 +315,7 @@ def main() -> None:
         rows += stalled_connections(Path(tmp), args.connections)
         rows += sigterm(Path(tmp), args.clients)
         rows += sigkill(Path(tmp), args.clients)
+        rows += overload(Path(tmp), args.overload_clients)
     rows += protocol_cost()
     load_after = os.getloadavg()
     print(

@@ -47,6 +47,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         timeout_s: float,
+        queue_wait_s: float = 0.0,
         inline_max: int = 0,
         labels: tuple[str, str] = ("", ""),
         provider: str = "",
@@ -62,6 +63,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.queue_wait_s = queue_wait_s
+        self._waiting: deque[tuple[int, asyncio.Future]] = deque()  # requests waiting for room, in order
         self.timeout_s = timeout_s
         self.reserve = max(1, max_batch_size // 4)  # images of every run kept for small requests
         self._chunk = max(1, max_batch_size - self.reserve)  # large requests queue in parts of this size
@@ -96,20 +99,48 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail([*self._small, *self._large], self._shutting_down())
+        for _, future in self._waiting:  # requests waiting for room before reading their body
+            if not future.done():
+                future.set_exception(self._shutting_down())
         self._queue_depth.set(0)
         self._small.clear()
         self._large.clear()
         self._queued = 0
         self._executor.shutdown(wait=True)
 
-    def check_room(self, images: int) -> None:
-        """503 + Retry-After unless `images` more fit in the queue now. Routes call it before reading a
-        body whose image count the headers tell, so a refusal under overload costs no read or parse."""
-        if self._queued + images > self.max_queue:
+    async def room(self, images: int) -> None:
+        """Wait, first come first served and at most `queue_wait_s`, until `images` more fit in the queue;
+        then 503 + Retry-After. Routes call it before reading a body whose image count the headers tell:
+        a request that does not fit yet waits with its body still in the socket (TCP holds the client back
+        at no cost here), so overload neither burns CPU on reading bodies it refuses nor turns clients that
+        ignore Retry-After into a busy loop of refusals."""
+        if not self._waiting and self._queued + images <= self.max_queue:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((images, future))
+        try:
+            if images > self.max_queue:
+                raise asyncio.TimeoutError  # can never fit
+            await asyncio.wait_for(future, self.queue_wait_s)
+        except asyncio.TimeoutError:
             raise Busy(
-                f"server busy: {self._queued} images queued (limit {self.max_queue}); retry shortly",
+                f"server busy: {self._queued} images queued (limit {self.max_queue}), "
+                f"{len(self._waiting)} requests waiting; retry shortly",
                 Reason.QUEUE_FULL,
-            )
+            ) from None
+        finally:
+            if (images, future) in self._waiting:
+                self._waiting.remove((images, future))
+                self._let_in()
+
+    def _let_in(self) -> None:
+        """Wake the waiting requests, in order, that the queue has room for now."""
+        free = self.max_queue - self._queued
+        while self._waiting and self._waiting[0][0] <= free:
+            images, future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                free -= images
 
     @staticmethod
     def _shutting_down() -> Busy:
@@ -126,7 +157,7 @@ class Batcher:
         k = len(x)
         if not k:
             raise Invalid("no images to predict", Reason.EMPTY_BATCH)
-        self.check_room(k)
+        await self.room(k)
         loop = asyncio.get_running_loop()
         futures = []
         queue, part = (self._small, k) if k <= self.reserve else (self._large, self._chunk)
@@ -182,6 +213,7 @@ class Batcher:
             pass
         while (queue := self._oldest()) is not None and take(queue, self.max_batch_size):
             pass
+        self._let_in()
         return batch
 
     async def _loop(self) -> None:

@@ -141,6 +141,7 @@ class ServedModel:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_batch_wait_ms,
             max_queue=settings.max_queue,
+            queue_wait_s=settings.queue_wait_s,
             timeout_s=settings.request_timeout_s,
             # A GPU run waits on the device: never on the event loop, whatever its size.
             inline_max=settings.inline_batch_max if runtime.provider == CPU else 0,

@@ -52,7 +52,13 @@ class Settings(BaseSettings):
         le=1.0,
         description="digit_score below it: is_digit false; unset: the threshold in the model",
     )
-    max_queue: int = Field(1024, ge=1, description="images waiting for a run; beyond it 503 + Retry-After")
+    max_queue: int = Field(1024, ge=1, description="images waiting for a run")
+    queue_wait_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="how long a request whose images do not fit in the queue waits for room, before its "
+        "body is read; then 503 + Retry-After",
+    )
     request_timeout_s: float = Field(10.0, gt=0.0, description="per-request inference deadline (504)")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit (413)")
     max_batch_items: int = Field(

@@ -199,6 +199,7 @@ def test_busy_server_503_is_retried_until_served(
     env = {
         "MNIST_MODEL_PATH": str(model_path),
         "MNIST_MAX_QUEUE": "2",
+        "MNIST_QUEUE_WAIT_S": "0",  # refuse at once instead of waiting for room
         "MNIST_MAX_BATCH_ITEMS": "2",
         "MNIST_MAX_BATCH_SIZE": "4",
         "MNIST_MAX_BATCH_WAIT_MS": "300",

@@ -198,6 +198,25 @@ def test_a_full_queue_refuses_with_retry_after(counting: CountingRuntime) -> Non
     assert sum(counting.sizes) == 4
 
 
+def test_requests_wait_in_order_for_room_instead_of_503(counting: CountingRuntime) -> None:
+    """queue_wait_s > 0: a request that does not fit waits, first come first served, until a run frees room;
+    one that can wait no longer gets 503."""
+    counting.delay = 0.05
+
+    async def body(b: Batcher):
+        return await asyncio.gather(*(b.predict(images(1)) for _ in range(7)), return_exceptions=True)
+
+    results = asyncio.run(with_batcher(counting, body, max_queue=2, queue_wait_s=5.0))
+    assert all(isinstance(r, dict) for r in results) and sum(counting.sizes) == 7
+
+    counting.sizes.clear()
+    counting.delay = 0.3
+    results = asyncio.run(with_batcher(counting, body, max_queue=2, queue_wait_s=0.1))
+    refused = [r for r in results if isinstance(r, ApiError)]
+    assert refused and all(r.status == 503 and r.reason == "queue_full" for r in refused)
+    assert len(refused) + sum(counting.sizes) == 7
+
+
 def test_deadline_gives_504_and_skips_expired_work(counting: CountingRuntime) -> None:
     counting.delay = 0.3
 

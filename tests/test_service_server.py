@@ -71,6 +71,7 @@ def test_queue_bound_gives_503_with_retry_after(server_factory, model_env) -> No
     env = {
         **model_env,
         "MNIST_MAX_QUEUE": "2",
+        "MNIST_QUEUE_WAIT_S": "0",  # refuse at once instead of waiting for room
         "MNIST_MAX_BATCH_ITEMS": "2",
         "MNIST_MAX_BATCH_SIZE": "4",
         "MNIST_MAX_BATCH_WAIT_MS": "300",  # a batch waits to fill while the burst arrives
@@ -228,6 +229,7 @@ def test_full_queue_refuses_before_reading_the_body(server_factory, model_env, k
     env = {
         **model_env,
         "MNIST_MAX_QUEUE": "64",
+        "MNIST_QUEUE_WAIT_S": "0",  # refuse at once instead of waiting for room
         "MNIST_MAX_BATCH_ITEMS": "64",
         "MNIST_MAX_BATCH_SIZE": "128",  # never full: a queued batch waits the whole MNIST_MAX_BATCH_WAIT_MS
         "MNIST_MAX_BATCH_WAIT_MS": "1000",

@@ -325,6 +325,7 @@ def test_full_queue_is_503_with_retry_after(server_factory: Callable, images: np
     (max wait 1 s, batch size 128), a queue of 64 has no room for the next one."""
     env = {
         "MNIST_MAX_QUEUE": "64",
+        "MNIST_QUEUE_WAIT_S": "0",  # refuse at once instead of waiting for room
         "MNIST_MAX_BATCH_ITEMS": "64",
         "MNIST_MAX_BATCH_SIZE": "128",
         "MNIST_MAX_BATCH_WAIT_MS": "1000",

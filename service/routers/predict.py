@@ -164,7 +164,7 @@ async def _admit(request: Request, accepts: Accepts) -> tuple[ModelRepository, B
     body = accepts.select(request)
     length = request.headers.get("content-length")  # BodyLimit has checked that it is a number
     height, width = model.runtime.image_shape
-    model.batcher.check_room(body.least_images(int(length) if length else None, height * width))
+    await model.batcher.room(body.least_images(int(length) if length else None, height * width))
     return models, body
 
 

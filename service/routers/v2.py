@@ -222,7 +222,7 @@ async def infer(request: Request, model: ModelDep) -> Response:
     compressed = request.headers.get("content-encoding", "identity").strip().lower() != "identity"
     length = request.headers.get("content-length")  # BodyLimit has checked that it is a number
     if length and not compressed:  # room in the queue for what the headers promise, before reading
-        model.batcher.check_room(least_images(int(length), request.headers.get(HEADER_LENGTH), spec))
+        await model.batcher.room(least_images(int(length), request.headers.get(HEADER_LENGTH), spec))
     request.state.model_version = model.version  # for the access log (service/app.py's Observe)
     body = await request.body()
     if len(body) <= INLINE_PARSE_BYTES and not compressed:
