@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from service import fleet
@@ -42,6 +43,12 @@ class _Supervisor(Multiprocess):
         for process in self.processes:
             if process.pid is not None and process.process.is_alive():
                 os.kill(process.pid, signal.SIGHUP)
+
+    @property
+    def startup_failed(self) -> bool:
+        """A worker exited with uvicorn's startup-failure code (it logged why), which stopped the supervisor;
+        without this the server would exit 0 as after a clean shutdown."""
+        return any(process.exitcode == STARTUP_FAILURE for process in self.processes)
 
 
 def _settings() -> Settings:
@@ -150,7 +157,11 @@ def main(argv: list[str] | None = None) -> None:
             except OSError as exc:
                 sys.exit(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
             os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
-            _Supervisor(config, sockets=[listener]).run()
+            supervisor = _Supervisor(config, sockets=[listener])
+            supervisor.run()
+            if supervisor.startup_failed:
+                print("mnist-serve: a worker could not serve the model (see above)", file=sys.stderr)
+                sys.exit(STARTUP_FAILURE)
     except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run
         pass
     finally:
