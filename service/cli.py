@@ -37,7 +37,16 @@ def _metrics_dir() -> tuple[Path, bool]:
 
 class _Supervisor(Multiprocess):
     """uvicorn's worker supervisor, except that SIGHUP reloads the model in every worker (service/fleet.py)
-    instead of restarting them: a restart would fail the requests in flight."""
+    instead of restarting them: a restart would fail the requests in flight.
+
+    SIGHUP stays blocked in this process (main() blocks it), so every worker it spawns starts with it
+    blocked too: a SIGHUP relayed while a worker boots waits until the worker can reload instead of killing
+    it (the default action). Here it is taken from the pending set each turn of the supervisor's loop."""
+
+    def handle_signals(self) -> None:
+        if signal.sigtimedwait([signal.SIGHUP], 0) is not None:
+            self.handle_hup()
+        super().handle_signals()
 
     def handle_hup(self) -> None:
         for process in self.processes:
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         help="worker processes (default: MNIST_WORKERS or the number of cores)",
     )
     args = parser.parse_args(argv)
+    # Until a process can reload, SIGHUP waits (pending) instead of ending it: see _Supervisor and
+    # ModelRepository.start, which unblocks it in each worker once the model serves.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     # Workers build their own Settings from the environment: pass the resolved worker count on.

@@ -75,6 +75,8 @@ class ModelRepository:
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: self._background(self.reload("signal"))
             )
+            # mnist-serve starts workers with SIGHUP blocked (service/cli.py): one sent meanwhile runs now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         if self.settings.model_poll_s:
             self._background(self._poll(self.settings.model_poll_s))
 
