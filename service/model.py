@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ctypes
+import gc
 import json
 import logging
 from dataclasses import dataclass
@@ -100,6 +102,18 @@ def prepare(settings: Settings, served: ModelRuntime | None = None) -> ModelRunt
     return runtime
 
 
+def release_memory() -> None:
+    """Give what a dropped model held back to the OS (blocking: run it in a thread). Its objects sit in
+    reference cycles (batcher and model, a refusal's traceback frames holding the candidate's session) that
+    only a full collection frees, and glibc keeps freed heap in its per-thread arenas. Without this a
+    worker's RSS grew by about 7 MiB per reload under load (bench/reload.py) until a full collection
+    happened to run. malloc_trim is glibc's; elsewhere only the collection runs."""
+    gc.collect()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 class ServedModel:
     """One prepared model in service: its batcher, readiness, leases and metric children."""
 
@@ -171,6 +185,7 @@ class ServedModel:
             )
         await self.batcher.stop()
         del self.runtime.session
+        await asyncio.to_thread(release_memory)
 
     async def _finished(self) -> None:
         while self._leases:

@@ -24,7 +24,7 @@ from typing import Any
 
 from service import fleet, metrics
 from service.errors import Busy, Reason
-from service.model import ServedModel, prepare, verify
+from service.model import ServedModel, prepare, release_memory, verify
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
 
@@ -115,6 +115,8 @@ class ModelRepository:
             if result == "loaded":
                 log.info("reload (%s): now serving %s (%.2f s)", trigger, self.get().version, seconds)
             fleet.publish(self.status())
+            if result == "refused":  # the candidate's session lives on in the error's frames until collected
+                await asyncio.to_thread(release_memory)
             return self.last_reload
 
     def _activate(self, runtime: ModelRuntime) -> None:
