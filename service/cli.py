@@ -53,6 +53,18 @@ class _Supervisor(Multiprocess):
             if process.pid is not None and process.process.is_alive():
                 os.kill(process.pid, signal.SIGHUP)
 
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn replaces a worker that died or hung; the replaced one's live gauges (the model it served
+        in mnist_model_info, requests in flight, queue depth) must stop counting, or a crashed worker's
+        model would read 1 for good. Imported here, once PROMETHEUS_MULTIPROC_DIR is set (_check_model)."""
+        from prometheus_client import multiprocess
+
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                multiprocess.mark_process_dead(pid)
+
     @property
     def startup_failed(self) -> bool:
         """A worker exited with uvicorn's startup-failure code (it logged why), which stopped the supervisor;

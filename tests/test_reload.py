@@ -265,6 +265,25 @@ def test_tritonclient_loads_and_lists_the_model(served: Served) -> None:
 # --- SIGHUP and polling ----------------------------------------------------------------------------------
 
 
+def test_a_crashed_worker_leaves_no_stale_model_info(served: Served) -> None:
+    """A worker killed outright never sets its model-info gauge to 0; its replacement must not leave the
+    dead worker's 1 standing for a version no worker serves any more."""
+    old = current_version(served.url)
+    victim = children(served.server.process.pid)[0]
+    ready = served.server.log.read_text().count("; ready")
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while served.server.log.read_text().count("; ready") <= ready:  # uvicorn started a replacement
+        assert time.monotonic() < deadline, served.server.log.read_text()
+        time.sleep(0.1)
+    assert len(children(served.server.process.pid)) == WORKERS
+    new = served.install(seed=17)
+    response = load(served.url, ADMIN)
+    assert response.status_code == 200, response.text
+    assert victim not in {worker["pid"] for worker in response.json()["workers"]}
+    assert (model_info(served.url, old), model_info(served.url, new)) == (0.0, 1.0)
+
+
 def test_sighup_to_the_main_process_switches_every_worker(served: Served) -> None:
     old = current_version(served.url)
     new = served.install(seed=14)
