@@ -94,7 +94,7 @@ class ModelRepository:
             started = time.perf_counter()
             served = self.get()
             try:
-                if _sha256(self.settings.model_path) == served.sha256:
+                if await asyncio.to_thread(_sha256, self.settings.model_path) == served.sha256:
                     result, error = "unchanged", None
                 else:
                     self._activate(await asyncio.to_thread(prepare, self.settings, served.runtime))
