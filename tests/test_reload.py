@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,23 +139,29 @@ class Served:
         os.replace(candidate, self.path)
 
 
-def serve(server_factory: Callable[..., Any], folder: Path, **env: str) -> Iterator[Served]:
+@contextmanager
+def serve(
+    server_factory: Callable[..., Any], folder: Path, workers: int = WORKERS, **env: str
+) -> Iterator[Served]:
+    folder.mkdir(exist_ok=True)
     path = build_model(folder / "lenet5.onnx", version=next(VERSIONS))
     environment = {"MNIST_MODEL_PATH": str(path), "MNIST_PROVIDERS": "cpu", **env}
-    with server_factory(workers=WORKERS, env=environment) as server:
+    with server_factory(workers=workers, env=environment) as server:
         yield Served(server, path)
 
 
 @pytest.fixture(scope="module")
 def served(server_factory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """2 workers, the repository API open with ADMIN_KEY, no polling."""
-    yield from serve(server_factory, tmp_path_factory.mktemp("served"), MNIST_ADMIN_KEY=ADMIN_KEY)
+    with serve(server_factory, tmp_path_factory.mktemp("served"), MNIST_ADMIN_KEY=ADMIN_KEY) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def polled(server_factory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """2 workers polling MNIST_MODEL_PATH every 0.2 s; no admin key (the repository API is closed)."""
-    yield from serve(server_factory, tmp_path_factory.mktemp("polled"), MNIST_MODEL_POLL_S="0.2")
+    with serve(server_factory, tmp_path_factory.mktemp("polled"), MNIST_MODEL_POLL_S="0.2") as polled:
+        yield polled
 
 
 # --- the KServe V2 load route ----------------------------------------------------------------------------
@@ -308,6 +315,34 @@ def test_polling_picks_up_a_new_file_and_refuses_a_bad_one(polled: Served) -> No
     assert fresh_versions(polled.url) == Counter({new: FRESH})
     newer = polled.install(seed=16)
     wait_for_version(polled.url, newer)
+
+
+def test_one_worker_reloads_by_http_and_sighup_and_a_slow_fleet_gets_504(
+    server_factory, tmp_path: Path
+) -> None:
+    """Without a supervisor the one process reloads itself. With two workers and a reload timeout shorter
+    than a reload, the call answers 504 saying how many finished; the reload still completes."""
+    env = {"MNIST_ADMIN_KEY": ADMIN_KEY}
+    with serve(server_factory, tmp_path / "one", workers=1, **env) as served:
+        new = served.install(seed=18)
+        response = load(served.url, ADMIN)
+        assert response.status_code == 200, response.text
+        (worker,) = response.json()["workers"]
+        assert (worker["pid"], worker["version"], worker["result"]) == (
+            served.server.process.pid,
+            new,
+            "loaded",
+        )
+        newer = served.install(seed=19)
+        os.kill(served.server.process.pid, signal.SIGHUP)
+        wait_for_version(served.url, newer)
+        assert served.server.process.poll() is None
+    with serve(server_factory, tmp_path / "two", MNIST_RELOAD_TIMEOUT_S="0.001", **env) as served:
+        new = served.install(seed=20)
+        response = load(served.url, ADMIN)
+        assert response.status_code == 504, response.text
+        assert "of 2 workers finished the reload within 0.001 s" in response.json()["error"]
+        wait_for_version(served.url, new)
 
 
 def test_sighup_while_the_server_starts_does_not_kill_it(tmp_path: Path) -> None:
