@@ -134,14 +134,16 @@ class ModelRepository:
         task.add_done_callback(self._tasks.discard)
 
     async def _poll(self, interval_s: float) -> None:
-        """Reload when the model file changes (a new inode, size or mtime: an atomic replace or a rewrite)."""
-        seen = _identity(self.settings.model_path)
+        """Reload when the model file changed (a new inode, size or mtime: an atomic replace or a rewrite)
+        and then stayed the same for one interval, so a file still being copied in place is not tried."""
+        seen = last = _identity(self.settings.model_path)
         while True:
             await asyncio.sleep(interval_s)
             now = _identity(self.settings.model_path)
-            if now is not None and now != seen:
+            if now is not None and now != seen and now == last:
                 seen = now
                 await self.reload("poll")
+            last = now
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

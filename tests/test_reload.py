@@ -317,6 +317,22 @@ def test_polling_picks_up_a_new_file_and_refuses_a_bad_one(polled: Served) -> No
     wait_for_version(polled.url, newer)
 
 
+def test_polling_waits_for_a_file_copied_in_place_to_be_complete(polled: Served) -> None:
+    """`cp new.onnx models/lenet5.onnx` rewrites the file over a while: a poll in the middle must not
+    try (and refuse) the half-written model."""
+    refused = reloads(polled.url, "refused")
+    source = build_model(polled.path.with_name("source.onnx"), version=next(VERSIONS), seed=21)
+    data = source.read_bytes()
+    with polled.path.open("r+b") as file:  # in place, in 8 parts 0.08 s apart (polls every 0.2 s)
+        file.truncate(0)
+        for part in range(8):
+            file.write(data[part * len(data) // 8 : (part + 1) * len(data) // 8])
+            file.flush()
+            time.sleep(0.08)
+    wait_for_version(polled.url, ModelRuntime(source, "cpu").version)
+    assert reloads(polled.url, "refused") == refused
+
+
 def test_one_worker_reloads_by_http_and_sighup_and_a_slow_fleet_gets_504(
     server_factory, tmp_path: Path
 ) -> None:
