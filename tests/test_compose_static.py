@@ -109,6 +109,7 @@ def test_compose_gpu_by_default_and_a_cpu_override() -> None:
     assert "deploy" not in cpu["api"] and "deploy" not in cpu["trainer"]
     assert cpu["api"]["build"]["args"]["VARIANT"] == "cpu"
     assert cpu["api"]["environment"]["MNIST_PROVIDERS"] == "cpu"
+    assert float(gpu["api"]["environment"]["MNIST_MODEL_POLL_S"]) > 0  # a trained model loads without restart
 
 
 def test_compose_services_are_healthchecked_ordered_and_restarted() -> None:
@@ -141,7 +142,7 @@ def test_compose_file_holds_no_secrets() -> None:
         for key, value in (service.get("environment") or {}).items()
         if re.search(r"KEY|PASSWORD|SECRET|TOKEN", key)
     }
-    assert "MNIST_API_KEY" in secrets  # passed through from the caller (README, Docker and Compose)
+    assert {"MNIST_API_KEY", "MNIST_ADMIN_KEY"} <= secrets.keys()  # passed through from the caller
     for key, value in secrets.items():
         assert value is None, f"{key} has a value in docker-compose.yml"
 
