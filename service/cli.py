@@ -21,6 +21,12 @@ from service.runtime import ModelLoadError
 from service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# uvicorn closes a keep-alive connection idle for 5 s: a client or proxy reusing it at that moment gets a
+# reset instead of an answer. Keep it longer than the idle timeout of common load balancers (60 s).
+KEEP_ALIVE_S = 65
+# uvicorn's supervisor kills a worker that does not answer its ping within 5 s; a worker starved of CPU
+# (a 2-core host at load 10, bench/reload.py) was killed with requests in flight. gunicorn waits 30 s.
+WORKER_HEALTHCHECK_S = 30
 
 
 def _metrics_dir() -> tuple[Path, bool]:
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         log_level=settings.log_level,
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
     try:
         _check_model(settings)
