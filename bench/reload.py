@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,7 @@ class Result:
     pids_after: list[int]
     load_average: tuple[float, float]  # 1-min load before and after
     baseline_window: tuple[float, float]
+    server_errors: list[str] = field(default_factory=list)  # the server log's warnings and errors
 
     @property
     def failed(self) -> list[Sample]:
@@ -198,10 +199,12 @@ def worker_pids(server_pid: int) -> list[int]:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """VmRSS of a live process; 0 for one that has gone (the no-restart target reports it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
 
 
 async def settled_rss(pids: list[int], samples: int = 5, interval_s: float = 0.2) -> dict[int, int]:
@@ -241,7 +244,10 @@ async def client_loop(
 
 async def reload(admin: httpx.AsyncClient, label: str, expected: int) -> Reload:
     started = time.perf_counter()
-    response = await admin.post(f"/v2/repository/models/{NAME}/load")
+    try:
+        response = await admin.post(f"/v2/repository/models/{NAME}/load")
+    except httpx.HTTPError as exc:  # counted as not as expected; the run goes on to report it
+        return Reload(label, expected, started, time.perf_counter(), 0, frozenset(), repr(exc))
     ended = time.perf_counter()
     body = response.json()
     if response.status_code == 200:
@@ -345,7 +351,15 @@ def measure(plan: Plan, folder: Path) -> Result:
     key = secrets.token_urlsafe(16)
     env = {"MNIST_MODEL_PATH": str(served), "MNIST_ADMIN_KEY": key}
     with run_server(folder, workers=2, env=env) as server:
-        return asyncio.run(drive(server.url, served, models, plan, key, server.process.pid))
+        result = asyncio.run(drive(server.url, served, models, plan, key, server.process.pid))
+    result.server_errors = [
+        line
+        for line in server.log.read_text(errors="replace").splitlines()
+        if any(mark in line for mark in ("ERROR", "CRITICAL", "WARNING", "Traceback", "died"))
+        and "refused, still serving" not in line  # the bad candidates, as intended
+        and "onnxruntime" not in line  # its CUDA provider failing to load on a machine without a GPU
+    ]
+    return result
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -361,16 +375,25 @@ def report(result: Result) -> bool:
         f"load average (1 min) before {result.load_average[0]:.2f}, after {result.load_average[1]:.2f}"
     )
     print()
-    print("| # | candidate | status | took | workers now serve / reason |")
-    print("|---|---|---|---:|---|")
+    print("| # | candidate | at | status | took | workers now serve / reason |")
+    print("|---|---|---:|---|---:|---|")
     for n, r in enumerate(result.reloads, 1):
         what = ", ".join(sorted(r.versions)) + f" ({r.detail})" if r.status == 200 else r.detail
-        print(f"| {n} | {r.label} | {r.status} | {r.ended - r.started:.2f} s | {what} |")
+        when = f"{r.started - result.baseline_window[0]:+.1f} s"
+        print(f"| {n} | {r.label} | {when} | {r.status} | {r.ended - r.started:.2f} s | {what} |")
     print()
     kinds = Counter(s.kind for s in result.samples)
     print("requests: " + ", ".join(f"{kind} {count}" for kind, count in kinds.items()))
-    for sample in result.failed[:5]:
-        print(f"  failed: {sample.kind} status {sample.status}: {sample.error}")
+    start = result.baseline_window[0]
+    for sample in result.failed[:10]:
+        during = any(sample.sent <= r.ended and sample.received >= r.started for r in result.reloads)
+        print(
+            f"  failed: {sample.kind} sent at {sample.sent - start:+.2f} s, took "
+            f"{sample.received - sample.sent:.2f} s{' (during a reload)' if during else ''}, "
+            f"status {sample.status}: {sample.error}"
+        )
+    for line in result.server_errors[:10]:
+        print(f"  server log: {line}")
     for sample in result.invalid[:5]:
         span = f"{sample.sent:.3f}..{sample.received:.3f}"
         print(f"  invalid: {sample.kind} versions {sorted(sample.versions)} at {span}")
@@ -395,7 +418,7 @@ def targets(result: Result) -> list[tuple[str, str, bool]]:
     baseline, during = result.latencies(False), result.latencies(True)
     p99_base, p99_during = percentile(baseline, 99), percentile(during, 99)
     first, last = result.rss_kib["after first reload"], result.rss_kib["after last reload"]
-    growth = max(last[pid] / first[pid] - 1 for pid in first)
+    growth = max(last[pid] / first[pid] - 1 if first[pid] else np.inf for pid in first)
     expected = result.reloads_as_expected
     return [
         ("0 failed requests", f"{len(result.failed)} of {len(result.samples)}", not result.failed),
