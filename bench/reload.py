@@ -8,9 +8,10 @@ Starts `python -m service` with 2 workers on 127.0.0.1 serving a copy of the shi
 `concurrency` clients (asyncio + httpx, keep-alive) sending a mix back to back: single JSON /predict,
 a 28x28 PNG /predict, raw uint8 batches of 64 to /predict/batch (application/octet-stream) and KServe V2
 JSON infer of 8 images (the shipped reference digits). After a baseline period it reloads through the
-KServe V2 repository route, alternating the shipped model (1.0.0) and a copy with another metadata version,
-`gap-s` apart; then tries a corrupt file, a model with a wrong input shape and one that fails its
-self-test (each must be refused with 400 while the old version keeps serving).
+KServe V2 repository route, alternating the shipped model (1.0.0) and a copy with another metadata version;
+after each reload it waits `gap-s` (the old model retires) and samples each worker's RSS for 1 s. Then it
+tries a corrupt file, a model with a wrong input shape and one that fails its self-test (each must be
+refused with 400 while the old version keeps serving). Load runs throughout; ~60 s by default.
 
 Every request's send and receive time and the version(s) in its answer are recorded, and so is each
 reload's start and end. A version is valid for a request if that model was active at some point between
@@ -289,8 +290,7 @@ async def drive(
             install(models[label], served)
             reloads.append(await reload(admin, label, 200))
             await asyncio.sleep(plan.gap_s)  # the old model retires meanwhile
-            if i in (0, plan.reloads - 1):
-                rss["after first reload" if i == 0 else "after last reload"] = await settled_rss(pids_before)
+            rss[f"after reload {i + 1}"] = await settled_rss(pids_before)
         for label in ("corrupt file", "wrong input shape", "fails its self-test"):
             install(models[label], served)
             reloads.append(await reload(admin, label, 400))
@@ -410,6 +410,9 @@ def report(result: Result) -> bool:
         "worker RSS before any reload: "
         + ", ".join(f"{kib / 1024:.0f} MiB" for kib in result.rss_kib["baseline"].values())
     )
+    for pid in result.pids_before:
+        series = [kib[pid] / 1024 for when, kib in result.rss_kib.items() if when.startswith("after reload")]
+        print(f"worker {pid} RSS after each reload (MiB): " + " ".join(f"{mib:.0f}" for mib in series))
     return all(ok for _, _, ok in rows)
 
 
@@ -417,7 +420,7 @@ def targets(result: Result) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target."""
     baseline, during = result.latencies(False), result.latencies(True)
     p99_base, p99_during = percentile(baseline, 99), percentile(during, 99)
-    first, last = result.rss_kib["after first reload"], result.rss_kib["after last reload"]
+    first, last = result.rss_kib["after reload 1"], result.rss_kib[f"after reload {result.plan.reloads}"]
     growth = max(last[pid] / first[pid] - 1 if first[pid] else np.inf for pid in first)
     expected = result.reloads_as_expected
     return [
