@@ -275,7 +275,8 @@ def test_tritonclient_loads_and_lists_the_model(served: Served) -> None:
 def test_a_crashed_worker_leaves_no_stale_model_info(served: Served) -> None:
     """A worker killed outright never sets its model-info gauge to 0; its replacement must not leave the
     dead worker's 1 standing for a version no worker serves any more."""
-    old = current_version(served.url)
+    old = served.install(seed=22)  # the replacement loads the file on disk: it must be the served model
+    assert load(served.url, ADMIN).status_code == 200
     victim = children(served.server.process.pid)[0]
     ready = served.server.log.read_text().count("; ready")
     os.kill(victim, signal.SIGKILL)
