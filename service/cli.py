@@ -15,12 +15,16 @@ from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 
 from service import fleet, logs
 from service.runtime import ModelLoadError
 from service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# uvicorn's supervisor kills a worker that does not answer its ping within 5 s; a worker starved of CPU
+# (a 2-core host at load 10, bench/reload.py) was killed with requests in flight. gunicorn waits 30 s.
+WORKER_HEALTHCHECK_S = 30
 
 log = logging.getLogger("service.cli")
 
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.settings_table:
         print(settings_table())
         return
+    # Until a process can reload, SIGHUP waits (pending) instead of ending it: see Supervisor and
+    # ModelRepository.start, which unblocks it in each worker once the model serves.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     # Workers build their own Settings from the environment: pass the resolved worker count on.
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         log_config=logs.uvicorn_config(settings.log_format, settings.log_level),
         access_log=False,  # service/app.py's Observe writes one record per request in JSON format
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         **uvicorn_options(settings),
     )
     try:
@@ -173,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
             except OSError as exc:
                 _stop(f"mnist-serve: cannot listen on {args.host}:{args.port}: {exc}")
             os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
-            Supervisor(config, sockets=[listener]).run()
+            supervisor = Supervisor(config, sockets=[listener])
+            supervisor.run()
+            if supervisor.startup_failed:
+                log.critical("mnist-serve: a worker could not serve the model (see above)")
+                sys.exit(STARTUP_FAILURE)
     except KeyboardInterrupt:  # Ctrl-C after the graceful shutdown, quiet as in uvicorn.run
         pass
     finally:

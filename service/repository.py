@@ -24,7 +24,7 @@ from typing import Any
 
 from service import fleet, metrics
 from service.errors import Busy, Reason
-from service.model import ServedModel, prepare, verify
+from service.model import ServedModel, prepare, release_memory, verify
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
 
@@ -80,6 +80,8 @@ class ModelRepository:
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: self._background(self.reload("signal"))
             )
+            # mnist-serve starts workers with SIGHUP blocked (service/cli.py): one sent meanwhile runs now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         if self.settings.model_poll_s:
             self._background(self._poll(self.settings.model_poll_s))
 
@@ -97,7 +99,7 @@ class ModelRepository:
             started = time.perf_counter()
             served = self.get()
             try:
-                if _sha256(self.settings.model_path) == served.sha256:
+                if await asyncio.to_thread(_sha256, self.settings.model_path) == served.sha256:
                     result, error = "unchanged", None
                 else:
                     self._activate(await asyncio.to_thread(prepare, self.settings, served.runtime))
@@ -136,6 +138,8 @@ class ModelRepository:
                     },
                 )
             fleet.publish(self.status())
+            if result == "refused":  # the candidate's session lives on in the error's frames until collected
+                await asyncio.to_thread(release_memory)
             return self.last_reload
 
     def _activate(self, runtime: ModelRuntime) -> None:
@@ -153,14 +157,16 @@ class ModelRepository:
         task.add_done_callback(self._tasks.discard)
 
     async def _poll(self, interval_s: float) -> None:
-        """Reload when the model file changes (a new inode, size or mtime: an atomic replace or a rewrite)."""
-        seen = _identity(self.settings.model_path)
+        """Reload when the model file changed (a new inode, size or mtime: an atomic replace or a rewrite)
+        and then stayed the same for one interval, so a file still being copied in place is not tried."""
+        seen = last = _identity(self.settings.model_path)
         while True:
             await asyncio.sleep(interval_s)
             now = _identity(self.settings.model_path)
-            if now is not None and now != seen:
+            if now is not None and now != seen and now == last:
                 seen = now
                 await self.reload("poll")
+            last = now
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

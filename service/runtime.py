@@ -133,10 +133,10 @@ class ModelRuntime:
         self.outputs = [TensorSpec.from_node(node) for node in self.session.get_outputs()]
         if len(self.inputs) != 1 or self.inputs[0].shape[0] != -1 or -1 in self.inputs[0].shape[1:]:
             raise ModelLoadError(f"expected one input with only a dynamic batch dimension, got {self.inputs}")
-        shapes = {spec.name: spec.shape for spec in self.outputs}
-        if shapes.get(PROBABILITIES) != (-1, 10):
+        shapes = {spec.name: spec.shape for spec in self.outputs}  # the batch dimension: warm-up checks it
+        if shapes.get(PROBABILITIES, ())[1:] != (10,):
             raise ModelLoadError(f"model needs a {PROBABILITIES!r} output shaped [N, 10]: {self.outputs}")
-        if shapes.get(DIGIT_SCORE, (-1,)) != (-1,):
+        if len(shapes.get(DIGIT_SCORE, (-1,))) != 1:
             raise ModelLoadError(f"the {DIGIT_SCORE!r} output must be shaped [N]: {self.outputs}")
 
         self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map

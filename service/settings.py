@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         15.0, gt=0.0, description="time to receive a request's body once its head is in (408)"
     )
-    keepalive_timeout_s: float = Field(5.0, gt=0.0, description="idle keep-alive connections closed after")
+    # Longer than common load balancers' idle timeout (60 s): with uvicorn's 5 s, a client or proxy reusing
+    # a connection as it closed got a reset instead of an answer (bench/reload.py under load).
+    keepalive_timeout_s: float = Field(65.0, gt=0.0, description="idle keep-alive connections closed after")
     max_connections: int = Field(
         1000, ge=1, description="open connections per worker; more get 503 + Retry-After at connect"
     )

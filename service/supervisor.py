@@ -7,7 +7,7 @@ import signal
 from socket import socket
 
 from prometheus_client import multiprocess
-from uvicorn.config import Config
+from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors import Multiprocess
 
 
@@ -40,8 +40,19 @@ class Supervisor(Multiprocess):
         self._track()
 
     def handle_signals(self) -> None:
+        """SIGHUP stays blocked in this process (cli.main blocks it), so every worker spawned from it starts
+        with it blocked too: a SIGHUP relayed while a worker boots waits until the worker can reload
+        instead of killing it (the default action). Here it is taken from the pending set each turn."""
+        if signal.sigtimedwait([signal.SIGHUP], 0) is not None:
+            self.handle_hup()
         super().handle_signals()
         self._track()
+
+    @property
+    def startup_failed(self) -> bool:
+        """A worker exited with uvicorn's startup-failure code (it logged why), which stopped the supervisor;
+        without this the server would exit 0 as after a clean shutdown."""
+        return any(process.exitcode == STARTUP_FAILURE for process in self.processes)
 
     def handle_hup(self) -> None:
         for process in self.processes:

@@ -3,7 +3,8 @@
 Normalize -> Conv(4 filters, 5x5) -> ReLU -> Flatten -> Linear(10); outputs `logits`,
 `probabilities` = softmax(logits / T) and `digit_score` [N]; metadata name, version, `digit_threshold` and
 `self_test` (the shipped reference digits with the labels this model gives them, as the trainer records its
-own); a card next to it with test_accuracy.
+own); a card next to it with test_accuracy. Variants a reload must refuse: another name, another input side,
+a graph that runs at one batch size only.
 """
 
 from __future__ import annotations
@@ -28,23 +29,34 @@ def build_model(
     version: str = VERSION,
     seed: int = 7,
     self_test_labels: str = "own",
+    name: str = NAME,
+    side: int = 28,
+    fixed_batch: int | None = None,
 ) -> Path:
     """Write the model (and its card) to `path`; deterministic weights from `seed`. `self_test_labels`:
     "own" records the labels the model gives the reference digits (it passes its self-test), "wrong"
-    records others (it fails it), "none" writes no self_test metadata."""
+    records others (it fails it), "none" writes no self_test metadata (nor does a model whose input is
+    not 28x28 or that runs at one batch size only). `side`: the input is [batch, 1, side, side].
+    `fixed_batch`: the graph reshapes its input to that batch size, so it loads and runs at that size and
+    fails at any other (a broken export that only warm-up finds)."""
     rng = np.random.default_rng(seed)
+    features = 4 * (side - 4) ** 2
     weights = {
         "mean": np.array(0.1307, np.float32),
         "std": np.array(0.3081, np.float32),
         "conv_w": rng.normal(0, 0.2, (4, 1, 5, 5)).astype(np.float32),
         "conv_b": rng.normal(0, 0.1, (4,)).astype(np.float32),
-        "fc_w": rng.normal(0, 0.05, (4 * 24 * 24, 10)).astype(np.float32),
+        "fc_w": rng.normal(0, 0.05, (features, 10)).astype(np.float32),
         "fc_b": rng.normal(0, 0.1, (10,)).astype(np.float32),
         "temperature": np.array(1.5, np.float32),
         "score_shift": np.array(1.0, np.float32),
     }
-    nodes = [
-        helper.make_node("Sub", ["image", "mean"], ["centred"]),
+    nodes = []
+    if fixed_batch is not None:
+        weights["fixed_shape"] = np.array([fixed_batch, 1, side, side], np.int64)
+        nodes.append(helper.make_node("Reshape", ["image", "fixed_shape"], ["fixed"]))
+    nodes += [
+        helper.make_node("Sub", ["image" if fixed_batch is None else "fixed", "mean"], ["centred"]),
         helper.make_node("Div", ["centred", "std"], ["normalized"]),
         helper.make_node("Conv", ["normalized", "conv_w", "conv_b"], ["conv"]),
         helper.make_node("Relu", ["conv"], ["relu"]),
@@ -65,25 +77,25 @@ def build_model(
     graph = helper.make_graph(
         nodes,
         "lenet5_test",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, side, side])],
         outputs,
-        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+        [numpy_helper.from_array(value, key) for key, value in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     props = {
-        "name": NAME,
+        "name": name,
         "version": version,
         "test_accuracy": str(TEST_ACCURACY),
         "digit_threshold": str(DIGIT_THRESHOLD),
     }
-    if with_probabilities and self_test_labels != "none":
+    if with_probabilities and self_test_labels != "none" and side == 28 and fixed_batch is None:
         props["self_test"] = _self_test(model, self_test_labels == "wrong")
     helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     path.with_suffix(".json").write_text(
-        json.dumps({"name": NAME, "version": version, "test_accuracy": TEST_ACCURACY})
+        json.dumps({"name": name, "version": version, "test_accuracy": TEST_ACCURACY})
     )
     return path
 

@@ -107,6 +107,7 @@ def test_compose_cpu_by_default_gpu_by_one_variable() -> None:
     assert "deploy" not in cpu["api"] and "deploy" not in cpu["trainer"]
     assert cpu["api"]["build"]["args"] == {"VARIANT": "cpu", "WHEELS": "index"}
     assert cpu["api"]["image"] == "mnist-serve:cpu"
+    assert float(cpu["api"]["environment"]["MNIST_MODEL_POLL_S"]) > 0  # a trained model loads without restart
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG VARIANT=cpu$", dockerfile, re.MULTILINE), "docker build . builds the same default"
 
@@ -155,7 +156,7 @@ def test_compose_file_holds_no_secrets() -> None:
         for key, value in (service.get("environment") or {}).items()
         if re.search(r"KEY|PASSWORD|SECRET|TOKEN", key)
     }
-    assert "MNIST_API_KEY" in secrets  # passed through from the caller (README, Docker and Compose)
+    assert {"MNIST_API_KEY", "MNIST_ADMIN_KEY"} <= secrets.keys()  # passed through from the caller
     for key, value in secrets.items():
         assert value is None, f"{key} has a value in docker-compose.yml"
 

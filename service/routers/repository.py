@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -55,7 +56,7 @@ async def load(name: str, request: Request) -> dict[str, Any]:
         done = [w for w in workers if w.get("reload", {}).get("requested", 0) >= requested]
     else:
         await models.reload("http")
-        workers = done = [{"pid": None, **models.status()}]
+        workers = done = [{"pid": os.getpid(), **models.status()}]
     refused = [w["reload"]["error"] for w in done if w["reload"]["result"] == "refused"]
     if refused:
         message = f"model refused, still serving version {served.version}: {refused[0]}"
