@@ -147,8 +147,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.batcher = batcher
     app.state.decoder = ImageDecoder(
         max_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
         max_waiting=settings.max_image_queue,
         timeout_s=settings.request_timeout_s,
+        threads=settings.image_threads,
     )
     batcher.start()
     warm_up = asyncio.create_task(_warm_up(app))

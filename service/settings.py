@@ -38,9 +38,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit (413)")
     max_batch_items: int = Field(1024, ge=1, description="images per batch request (413)")
     max_image_pixels: int = Field(40_000_000, ge=784, description="decoded image size limit (413)")
+    max_request_pixels: int = Field(
+        100_000_000, ge=784, description="pixels of all images of one request, from their headers (413)"
+    )
     max_image_queue: int = Field(
         32, ge=1, description="image requests waiting to be decoded, per worker, before 503 + Retry-After"
     )
+    image_threads: int = Field(2, ge=1, le=64, description="image requests decoded at once, per worker")
     api_key: SecretStr | None = Field(None, description="if set, predict/infer routes need Bearer <key>")
     cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated; empty: CORS off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
@@ -65,6 +69,14 @@ class Settings(BaseSettings):
         """A batch request larger than the queue could never be admitted."""
         if self.max_batch_items > self.max_queue:
             raise ValueError(f"max_batch_items {self.max_batch_items} exceeds max_queue {self.max_queue}")
+        return self
+
+    @model_validator(mode="after")
+    def _image_fits_request(self) -> Settings:
+        """An image the per-image limit admits must fit a request on its own."""
+        if self.max_image_pixels > self.max_request_pixels:
+            limits = f"max_image_pixels {self.max_image_pixels}, max_request_pixels {self.max_request_pixels}"
+            raise ValueError(f"an image may not exceed a request: {limits}")
         return self
 
     @property

@@ -113,9 +113,10 @@ async def _files(request: Request, field: str, max_items: int) -> list[bytes]:
 
 
 async def _images(request: Request, files: list[bytes]) -> np.ndarray:
-    """Image files -> MNIST-normalized uint8 [n, 28, 28], decoded off the event loop."""
+    """Image files -> MNIST-normalized uint8 [n, 28, 28], decoded off the event loop; the work stops if the
+    client goes."""
     decoder: ImageDecoder = request.app.state.decoder
-    return await decoder.decode(files)
+    return await decoder.decode(files, request.is_disconnected)
 
 
 async def _predictions(batcher: Batcher, images: np.ndarray) -> list[dict[str, Any]]:
