@@ -138,7 +138,10 @@ def too_many(count: str, max_items: int) -> TooLarge:
 
 
 def open_images(
-    files: list[bytes], max_pixels: int, max_request_pixels: int, checkpoint: preprocess.Checkpoint
+    files: list[bytes],
+    max_pixels: int,
+    max_request_pixels: int,
+    checkpoint: preprocess.Checkpoint = preprocess.never_stop,
 ) -> list[Image.Image]:
     """Every file's header (format, size within `max_pixels`), and the request's total pixels within
     `max_request_pixels`: all checked before any image is decoded."""
@@ -156,7 +159,7 @@ def open_images(
     return opened
 
 
-def image(opened: Image.Image, checkpoint: preprocess.Checkpoint) -> np.ndarray:
+def image(opened: Image.Image, checkpoint: preprocess.Checkpoint = preprocess.never_stop) -> np.ndarray:
     """An opened image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [28, 28]."""
     try:
         return preprocess.to_mnist(preprocess.decode(opened, checkpoint))

@@ -57,9 +57,9 @@ class ImageDecoder:
         """Encoded image files -> uint8 [len(files), 28, 28], MNIST convention. `disconnected` says whether
         the client has gone; its work then stops (499, which nobody receives)."""
         if len(files) == 1 and len(files[0]) <= codecs.INLINE_PARSE_BYTES:
-            (image,) = codecs.open_images(files, self.max_pixels, self.max_request_pixels, _carry_on)
+            (image,) = codecs.open_images(files, self.max_pixels, self.max_request_pixels)
             if image.width * image.height <= INLINE_PIXELS:  # cheaper than the hop to a thread: no wait
-                return codecs.image(image, _carry_on)[np.newaxis]
+                return codecs.image(image)[np.newaxis]
         if self.waiting >= self.max_waiting:
             raise Busy(
                 f"server busy: image requests waiting to be decoded: {self.waiting} "
@@ -103,10 +103,6 @@ class ImageDecoder:
         finally:
             if image.width * image.height >= LARGE_PIXELS:
                 _release_memory()
-
-
-def _carry_on() -> None:
-    """The checkpoint of work too short to stop."""
 
 
 async def _watch(disconnected: Disconnected, gone: threading.Event) -> None:

@@ -3,8 +3,8 @@
 MNIST digits are white ink on black, size-normalized so the longest side is 20 px (antialiased, so edges are
 grey) and centred by centre of mass in a 28x28 field. Photos and canvas exports differ in polarity, lighting,
 paper texture and framing; `to_mnist` removes those differences. Pillow decodes (JPEG at reduced scale, other
-formats reduced in bands right after decoding, so no full-size copy is ever made); OpenCV does the pixel work
-on uint8 images (SIMD, and it releases the GIL, so decoder threads overlap).
+formats reduced in bands right after decoding, so no full-size converted copy is made); OpenCV does the pixel
+work on uint8 images (SIMD, and it releases the GIL, so decoder threads overlap).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ MIN_DIGIT_PIXELS = 5  # ... and at least this many working pixels
 CLEAN_BACKGROUND = 0.5  # an image at least this much one exact value, ink all on one side of it, is clean
 
 
-def _nothing() -> None:
-    pass
+def never_stop() -> None:
+    """The checkpoint of work too short to be worth stopping."""
 
 
 class _Upload(io.BytesIO):
@@ -85,7 +85,7 @@ class _Upload(io.BytesIO):
         return super().read(size)
 
 
-def open_image(data: bytes, max_pixels: int, checkpoint: Checkpoint = _nothing) -> Image.Image:
+def open_image(data: bytes, max_pixels: int, checkpoint: Checkpoint = never_stop) -> Image.Image:
     """The header only: format known, size checked against `max_pixels`; nothing is decoded yet."""
     try:
         with warnings.catch_warnings():
@@ -107,7 +107,7 @@ def open_image(data: bytes, max_pixels: int, checkpoint: Checkpoint = _nothing) 
     return image
 
 
-def decode(image: Image.Image, checkpoint: Checkpoint = _nothing) -> Image.Image:
+def decode(image: Image.Image, checkpoint: Checkpoint = never_stop) -> Image.Image:
     """An opened image -> 8-bit grey ('L') at the working resolution: EXIF-oriented, first frame of an
     animation, transparency flattened onto paper. Memory: the decoded image plus one band."""
     try:
@@ -128,7 +128,7 @@ def decode(image: Image.Image, checkpoint: Checkpoint = _nothing) -> Image.Image
         image.close()  # the full-size pixels go now, not whenever the caller drops the image
 
 
-def load_image(data: bytes, max_pixels: int, checkpoint: Checkpoint = _nothing) -> Image.Image:
+def load_image(data: bytes, max_pixels: int, checkpoint: Checkpoint = never_stop) -> Image.Image:
     """Decode bytes to 8-bit grey at the working resolution: size checked before decoding (see decode)."""
     return decode(open_image(data, max_pixels, checkpoint), checkpoint)
 
