@@ -5,7 +5,8 @@
 Measures `service.preprocess` as the service calls it (file bytes -> load_image -> to_mnist) with
 time.process_time, which other jobs on the shared cores disturb far less than wall time. `--baseline REF`
 also measures service/preprocess.py as it was at git revision REF, on the same files, side by side. The
-HTTP-level cost (add about 0.3 ms of server CPU per request) is bench/run.py's job. `--threads` adds a table
+HTTP-level cost is bench/run.py's job. "of which decoding": load_image alone (decode to the working
+resolution, orientation, transparency); the rest is the normalization. `--threads` adds a table
 of images/s (wall) and CPU per image when that many threads share the decoding of the same files, as the
 service's decoder threads do.
 """
@@ -179,19 +180,24 @@ def main() -> None:
     counts = [int(n) for n in args.threads.split(",") if n.strip()]
     print(f"CPU ms per image (time.process_time, median of {args.rounds} passes over {args.count} files)")
     head = "| kind | target (server CPU/request) |"
-    head += f" before ({args.baseline}) | after | x |" if baseline else " ms/image |"
+    head += (
+        f" before ({args.baseline}) | after | of which decoding | x |"
+        if baseline
+        else " ms/image | of which decoding |"
+    )
     print(head)
-    print("|---|---:|" + ("---:|---:|---:|" if baseline else "---:|"))
+    print("|---|---:|" + ("---:|---:|---:|---:|" if baseline else "---:|---:|"))
     threads_rows = []
     for name, (maker, target) in selected.items():
         files = files_of(maker, images, labels, args.count)
         after = cpu_ms(current, files, args.rounds)
+        decoding = cpu_ms(lambda data: preprocess.load_image(data, MAX_PIXELS), files, args.rounds)
         goal = f"<= {target:g} ms" if target else ""
         if baseline:
             before = cpu_ms(baseline, files, args.rounds)
-            print(f"| {name} | {goal} | {before:.2f} | {after:.2f} | {before / after:.1f} |")
+            print(f"| {name} | {goal} | {before:.2f} | {after:.2f} | {decoding:.2f} | {before / after:.1f} |")
         else:
-            print(f"| {name} | {goal} | {after:.2f} |")
+            print(f"| {name} | {goal} | {after:.2f} | {decoding:.2f} |")
         if counts:
             threads_rows.append((name, [threaded(current, files, n) for n in counts]))
     if counts:
