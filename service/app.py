@@ -224,8 +224,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = await asyncio.to_thread(load, settings)
     app.state.decoder = ImageDecoder(
         max_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
         max_waiting=settings.max_image_queue,
         timeout_s=settings.request_timeout_s,
+        threads=settings.image_threads,
     )
     serving = asyncio.create_task(_serve(app, runtime))
     try:

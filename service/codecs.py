@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from PIL import Image
 
 from service import preprocess
 from service.errors import ApiError, Invalid, Reason, TooLarge, Unsupported
@@ -133,14 +134,41 @@ def too_many(count: str, max_items: int) -> TooLarge:
     return TooLarge(f"batch of {count} images exceeds the limit of {max_items}", Reason.BATCH_TOO_LARGE)
 
 
-def image(data: bytes, max_pixels: int, *, blank_if_no_digit: bool = False) -> np.ndarray:
-    """An encoded image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [1, 28, 28]. In a batch, an
-    image without a digit becomes a blank one (answered is_digit false) instead of failing the batch."""
+def open_images(
+    files: list[bytes],
+    max_pixels: int,
+    max_request_pixels: int,
+    checkpoint: preprocess.Checkpoint = preprocess.never_stop,
+) -> list[Image.Image]:
+    """Every file's header (format, size within `max_pixels`), and the request's total pixels within
+    `max_request_pixels`: all checked before any image is decoded."""
     try:
-        return preprocess.to_mnist(preprocess.load_image(data, max_pixels))[np.newaxis]
+        opened = [preprocess.open_image(data, max_pixels, checkpoint) for data in files]
+    except preprocess.ImageError as exc:
+        raise image_error(exc) from None
+    total = sum(image.width * image.height for image in opened)
+    if total > max_request_pixels:
+        raise TooLarge(
+            f"images too large: {total} pixels in this request, more than {max_request_pixels}; "
+            "send fewer or smaller images",
+            Reason.REQUEST_TOO_LARGE,
+        )
+    return opened
+
+
+def image(
+    opened: Image.Image,
+    checkpoint: preprocess.Checkpoint = preprocess.never_stop,
+    *,
+    blank_if_no_digit: bool = False,
+) -> np.ndarray:
+    """An opened image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [28, 28]. In a batch, an image
+    without a digit becomes a blank one (answered is_digit false) instead of failing the batch."""
+    try:
+        return preprocess.to_mnist(preprocess.decode(opened, checkpoint))
     except preprocess.NoDigitFound:
         if blank_if_no_digit:
-            return np.zeros((1, preprocess.FIELD, preprocess.FIELD), np.uint8)
+            return np.zeros((preprocess.FIELD, preprocess.FIELD), np.uint8)
         raise Invalid("no digit found", Reason.NO_DIGIT) from None
     except preprocess.ImageError as exc:
         raise image_error(exc) from None

@@ -30,6 +30,7 @@ class Reason(str, Enum):
     BODY_TOO_LARGE = "body_too_large"
     BATCH_TOO_LARGE = "batch_too_large"
     IMAGE_TOO_LARGE = "image_too_large"
+    REQUEST_TOO_LARGE = "request_too_large"  # the images of one request hold too many pixels in all
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     MODEL_REFUSED = "model_refused"  # a reload candidate failed its checks
     NOT_READY = "not_ready"
@@ -42,6 +43,7 @@ class Reason(str, Enum):
     HEAD_TIMEOUT = "head_timeout"
     BODY_TIMEOUT = "body_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    CLIENT_CLOSED = "client_closed"  # the client left before its answer: its work was stopped
     HTTP = "http"  # any other HTTP status Starlette raises
     INTERNAL = "internal"
 
@@ -117,6 +119,15 @@ class Timeout(ApiError):
     status = 504
 
     def __init__(self, message: str, reason: Reason = Reason.TIMEOUT) -> None:
+        super().__init__(message, reason)
+
+
+class ClientClosed(ApiError):
+    """499 (nginx's "client closed request"): nobody receives it; it counts work stopped for a client gone."""
+
+    status = 499
+
+    def __init__(self, message: str, reason: Reason = Reason.CLIENT_CLOSED) -> None:
         super().__init__(message, reason)
 
 

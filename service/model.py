@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ctypes
 import gc
 import json
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service import metrics
+from service import memory, metrics
 from service.batching import Batcher, Outputs
 from service.runtime import CPU, DIGIT_SCORE, PROBABILITIES, ModelLoadError, ModelRuntime
 from service.settings import Settings
@@ -131,11 +130,9 @@ def release_memory() -> None:
     reference cycles (batcher and model, a refusal's traceback frames holding the candidate's session) that
     only a full collection frees, and glibc keeps freed heap in its per-thread arenas. Without this a
     worker's RSS grew by about 7 MiB per reload under load (bench/reload.py) until a full collection
-    happened to run. malloc_trim is glibc's; elsewhere only the collection runs."""
+    happened to run."""
     gc.collect()
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    memory.trim()
 
 
 class ServedModel:

@@ -67,9 +67,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=784, description="pixels of one image, read before decoding (413)"
     )
+    max_request_pixels: int = Field(
+        100_000_000, ge=784, description="pixels of all images of one request, from their headers (413)"
+    )
     max_image_queue: int = Field(
         32, ge=1, description="image requests waiting to be decoded, per worker, before 503 + Retry-After"
     )
+    image_threads: int = Field(2, ge=1, le=64, description="image requests decoded at once, per worker")
     # HTTP limits, enforced per connection by service/http_limits.py (README "Reliability").
     max_head_bytes: int = Field(
         64 * 1024, ge=1024, description="request line + headers, bytes; more: 431 and the connection closed"
@@ -138,6 +142,14 @@ class Settings(BaseSettings):
             default = "number of cores" if field.default_factory else _shown(field.default)
             rows.append((f"MNIST_{name.upper()}", default, field.description or ""))
         return rows
+
+    @model_validator(mode="after")
+    def _image_fits_request(self) -> Settings:
+        """An image the per-image limit admits must fit a request on its own."""
+        if self.max_image_pixels > self.max_request_pixels:
+            limits = f"max_image_pixels {self.max_image_pixels}, max_request_pixels {self.max_request_pixels}"
+            raise ValueError(f"an image may not exceed a request: {limits}")
+        return self
 
     @property
     def threads_per_worker(self) -> int:

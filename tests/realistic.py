@@ -280,6 +280,16 @@ def phone_photo(rng: Rng, digit: np.ndarray, label: int) -> bytes:
     return encode(image, "JPEG", quality=int(rng.integers(70, 92)))
 
 
+def large_canvas(side: int, compress_level: int = 6) -> bytes:
+    """A transparent side x side RGBA canvas with one black stroke: a small file that decodes to side^2 x 4
+    bytes (issue 14's valid 6300x6300 PNG is ~170 KB and 159 MB decoded)."""
+    image = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    ImageDraw.Draw(image).line(
+        [(side * 0.48, side * 0.15), (side * 0.52, side * 0.85)], fill=(0, 0, 0, 255), width=side // 16
+    )
+    return encode(image, "PNG", compress_level=compress_level)
+
+
 KINDS: dict[str, Callable[[Rng, np.ndarray, int], bytes]] = {
     "paper scan": paper_scan,
     "off-centre small": off_centre,

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from service import preprocess
 from service.preprocess import (
     CorruptImage,
     ImageTooLarge,
@@ -20,7 +21,7 @@ from service.preprocess import (
     to_mnist,
 )
 from tests.liveserver import ROOT
-from tests.realistic import KINDS, encode, finish, generate, mnist_test, paper, specks
+from tests.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
 
 MAX_PIXELS = 40_000_000
 
@@ -181,3 +182,60 @@ def test_grey_16_bit_tiff_is_read() -> None:
     pixels[20:100, 40:50] = 3000
     data = encode(Image.fromarray(pixels), "TIFF")
     assert to_mnist(load_image(data, MAX_PIXELS))[14, 14] == 255
+
+
+def fast_and_full(files: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each clean file through the fast path and through the full photo pipeline."""
+    out = []
+    for data in files:
+        image = load_image(data, MAX_PIXELS)
+        assert preprocess._clean_ink(np.asarray(image)) is not None  # the fast path is really taken
+        out.append((to_mnist(image).astype(int), to_mnist(image, fast=False).astype(int)))
+    return out
+
+
+def test_the_fast_path_gives_mnist_style_digits_as_the_full_pipeline_does(
+    mnist: tuple[np.ndarray, np.ndarray],
+) -> None:
+    digits = [Image.fromarray(image) for image in mnist[0][:100]]
+    files = [encode(digit, "PNG") for digit in digits] + [encode(ImageOps.invert(d), "PNG") for d in digits]
+    for fast, full in fast_and_full(files):
+        assert np.abs(fast - full).max() <= 2  # within a grey level or two, every pixel
+
+
+def test_the_fast_path_gives_canvas_exports_as_the_full_pipeline_does(
+    mnist: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Close, not equal: under a stroke junction wider than its closing, the full pipeline's paper
+    brightness estimate dips (it takes the junction for shadow), which a clean image does not need."""
+    files = [
+        data
+        for kind in ("canvas PNG (alpha)", "canvas white-on-black")
+        for data, _ in generate(kind, *mnist, count=40, seed=3)
+    ]
+    pairs = fast_and_full(files)
+    assert np.mean([np.abs(fast - full).max() <= 2 for fast, full in pairs]) >= 0.7
+    assert np.mean([np.abs(fast - full).mean() for fast, full in pairs]) <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["paper scan", "JPEG q25-60", "lined paper", "phone photo 1200x1600"])
+def test_photos_take_the_full_pipeline(kind: str, mnist: tuple[np.ndarray, np.ndarray]) -> None:
+    for data, _ in generate(kind, *mnist, count=3, seed=4):
+        assert preprocess._clean_ink(np.asarray(load_image(data, MAX_PIXELS))) is None
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt"), [((1200, 1600), "JPEG"), ((4000, 3000), "JPEG"), ((2500, 900), "PNG")]
+)
+def test_large_images_are_decoded_to_the_working_resolution(size: tuple[int, int], fmt: str) -> None:
+    image = load_image(encode(Image.new("RGB", size, (230, 230, 230)), fmt), MAX_PIXELS)
+    assert image.mode == "L"
+    assert preprocess.WORK_SIDE <= max(image.size) < 2 * preprocess.WORK_SIDE
+    assert abs(image.width / image.height - size[0] / size[1]) < 0.02
+
+
+def test_a_large_transparent_canvas_gives_the_same_digit_as_a_small_one() -> None:
+    """The large one is reduced band by band with premultiplied alpha; the small one needs no reduction."""
+    small, large = (to_mnist(load_image(large_canvas(side), MAX_PIXELS)) for side in (320, 4800))
+    assert np.abs(small.astype(int) - large).mean() < 8
+    assert small[14, 14] == large[14, 14] == 255

@@ -109,7 +109,8 @@ async def photos_and_json(url: str, photo: bytes, n: int) -> tuple[Responses, Re
 
 
 def test_image_decode_queue_is_bounded(server_factory, model_env) -> None:
-    """A flood of large photos: one decodes, one waits, the rest get 503 at once; JSON clients are served."""
+    """A flood of large photos: two decode (MNIST_IMAGE_THREADS), one waits, the rest get 503 at once; JSON
+    clients are served."""
     env = {**model_env, "MNIST_MAX_IMAGE_QUEUE": "1"}
     with server_factory(workers=1, env=env) as server:
         photos, pixels = asyncio.run(photos_and_json(server.url, photo_png(), 6))

@@ -1,0 +1,212 @@
+"""CPU per image of the image pipeline (decode + MNIST normalization), in-process, per kind of image.
+
+    MNIST_DATA_DIR=... python bench/images.py [--count 100] [--baseline 807899f] [--threads 1,2,4]
+
+Measures `service.preprocess` as the service calls it (file bytes -> load_image -> to_mnist) with
+time.process_time, which other jobs on the shared cores disturb far less than wall time. `--baseline REF`
+also measures service/preprocess.py as it was at git revision REF, on the same files, side by side. The
+HTTP-level cost is bench/run.py's job. "of which decoding": load_image alone (decode to the working
+resolution, orientation, transparency); the rest is the normalization. `--threads` adds a table
+of images/s (wall) and CPU per image when that many threads share the decoding of the same files, as the
+service's decoder threads do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service import preprocess  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from tests.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
+
+MAX_PIXELS = Settings().max_image_pixels
+Pipeline = Callable[[bytes], np.ndarray]
+
+
+def mnist_png(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
+    """A 28x28 MNIST test digit as a PNG, white on black."""
+    return encode(Image.fromarray(digit), "PNG")
+
+
+def scan_png(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
+    """A 28x28 test digit dark on light, as bench/run.py posts it."""
+    return encode(Image.fromarray(255 - digit), "PNG")
+
+
+def drawn(rng: np.random.Generator, digit: np.ndarray) -> np.ndarray:
+    """Round-pen strokes 280x280 (alpha in [0, 1]): the digit drawn about 200 px tall."""
+    alpha = np.zeros((280, 280), dtype=np.float32)
+    stroke = np.clip(mnist_ink(digit, int(rng.integers(150, 230))) * 1.5, 0, 1)
+    place(rng, alpha[..., None], stroke, (1,), 0.04)
+    return alpha
+
+
+def canvas_alpha(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
+    """A transparent 280x280 canvas export: black strokes, black RGB under alpha 0."""
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)
+    rgba[..., 3] = np.round(drawn(rng, digit) * 255)
+    return encode(Image.fromarray(rgba, "RGBA"), "PNG")
+
+
+def canvas_page(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
+    """The drawing page's export: black strokes on an opaque white 280x280 canvas."""
+    grey = np.round(255 * (1 - drawn(rng, digit))).astype(np.uint8)
+    return encode(Image.fromarray(grey).convert("RGB"), "PNG")
+
+
+# kind -> (maker, issue 12 target in ms of server CPU per request, or None)
+TARGET_KINDS: dict[str, tuple[Callable[..., bytes], float | None]] = {
+    "28x28 PNG, dark on light": (scan_png, 0.6),
+    "28x28 PNG, MNIST white on black": (mnist_png, 0.6),
+    "280x280 canvas PNG, transparent": (canvas_alpha, 1.5),
+    "280x280 canvas PNG, drawing page": (canvas_page, 1.5),
+}
+PAPER_JPEGS = {"JPEG q25-60", "lined paper", "squared paper", "printed fonts", "EXIF-rotated JPEG"}
+
+
+def kinds() -> dict[str, tuple[Callable[..., bytes], float | None]]:
+    """Every kind measured: the target kinds above, then tests/realistic.py's (paper JPEGs <= 0.5 MP: 2.5 ms,
+    phone photos: 8 ms)."""
+    out = dict(TARGET_KINDS)
+    for name, maker in KINDS.items():
+        target = 2.5 if name in PAPER_JPEGS else 8.0 if name.startswith("phone photo") else None
+        out[name] = (maker, target)
+    return out
+
+
+def files_of(maker: Callable[..., bytes], images: np.ndarray, labels: np.ndarray, count: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    return [maker(rng, images[i], int(labels[i])) for i in rng.choice(len(images), count, replace=False)]
+
+
+def module_at(revision: str) -> ModuleType:
+    """service/preprocess.py as it was at a git revision, imported under another name."""
+    source = subprocess.run(
+        ["git", "show", f"{revision}:service/preprocess.py"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    folder = Path(tempfile.mkdtemp(prefix="preprocess-"))
+    path = folder / "baseline_preprocess.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location("baseline_preprocess", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pipeline(module: ModuleType) -> Pipeline:
+    return lambda data: module.to_mnist(module.load_image(data, MAX_PIXELS))
+
+
+def cpu_ms(run: Pipeline, files: list[bytes], rounds: int) -> float:
+    """Median over rounds of CPU ms per file (every thread of this process; files with no digit count)."""
+    for data in files[:3]:
+        _attempt(run, data)
+    per_round = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for data in files:
+            _attempt(run, data)
+        per_round.append((time.process_time() - started) * 1000 / len(files))
+    return float(np.median(per_round))
+
+
+def _attempt(run: Pipeline, data: bytes) -> None:
+    with contextlib.suppress(preprocess.ImageError):
+        run(data)
+
+
+def threaded(run: Pipeline, files: list[bytes], threads: int) -> tuple[float, float]:
+    """Images/s (wall) and CPU ms per image with `threads` threads sharing the files."""
+    work = files * max(1, 4 * threads)
+    index = iter(range(len(work)))
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while True:
+            with lock:
+                i = next(index, None)
+            if i is None:
+                return
+            _attempt(run, work[i])
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return len(work) / wall, cpu * 1000 / len(work)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
+    parser.add_argument("--count", type=int, default=100, help="files per kind")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the files; the median is shown")
+    parser.add_argument("--baseline", metavar="REV", help="also measure service/preprocess.py at REV")
+    parser.add_argument("--threads", default="", help="comma-separated thread counts for the threads table")
+    parser.add_argument("--kinds", default="", help="comma-separated substrings: only kinds matching one")
+    args = parser.parse_args()
+
+    images, labels = mnist_test(args.data)
+    current = pipeline(preprocess)
+    baseline = pipeline(module_at(args.baseline)) if args.baseline else None
+    selected = {
+        name: value
+        for name, value in kinds().items()
+        if not args.kinds or any(part.strip() in name for part in args.kinds.split(","))
+    }
+    counts = [int(n) for n in args.threads.split(",") if n.strip()]
+    print(f"CPU ms per image (time.process_time, median of {args.rounds} passes over {args.count} files)")
+    head = "| kind | target (server CPU/request) |"
+    head += (
+        f" before ({args.baseline}) | after | of which decoding | x |"
+        if baseline
+        else " ms/image | of which decoding |"
+    )
+    print(head)
+    print("|---|---:|" + ("---:|---:|---:|---:|" if baseline else "---:|---:|"))
+    threads_rows = []
+    for name, (maker, target) in selected.items():
+        files = files_of(maker, images, labels, args.count)
+        after = cpu_ms(current, files, args.rounds)
+        decoding = cpu_ms(lambda data: preprocess.load_image(data, MAX_PIXELS), files, args.rounds)
+        goal = f"<= {target:g} ms" if target else ""
+        if baseline:
+            before = cpu_ms(baseline, files, args.rounds)
+            print(f"| {name} | {goal} | {before:.2f} | {after:.2f} | {decoding:.2f} | {before / after:.1f} |")
+        else:
+            print(f"| {name} | {goal} | {after:.2f} | {decoding:.2f} |")
+        if counts:
+            threads_rows.append((name, [threaded(current, files, n) for n in counts]))
+    if counts:
+        print("\nthreads sharing the files: images/s (wall) / CPU ms per image")
+        print("| kind | " + " | ".join(f"{n} thread{'s' * (n > 1)}" for n in counts) + " |")
+        print("|---|" + "---:|" * len(counts))
+        for name, cells in threads_rows:
+            print(f"| {name} | " + " | ".join(f"{rate:.0f} / {ms:.2f}" for rate, ms in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
