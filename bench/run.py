@@ -37,8 +37,8 @@ from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.liveserver import LiveServer, run_server  # noqa: E402
-from tests.realistic import encode  # noqa: E402
 from trainer.data import load_test  # noqa: E402
+from trainer.realistic import encode  # noqa: E402
 
 BATCH = 256
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.decoding import ImageDecoder
 from service.errors import ApiError
-from tests.realistic import encode
+from trainer.realistic import encode
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.settings import cores
 from tests.liveserver import start_server, stop
-from tests.realistic import encode
+from trainer.realistic import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
