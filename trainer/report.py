@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
 from trainer.calibrate import reliability
+from trainer.data import Split
+from trainer.export import DIGIT_SCORE, PROBABILITIES
+from trainer.synthetic import Rendered
 from trainer.train import History
 
 
@@ -100,5 +104,85 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
     figure.savefig(path, dpi=100)
 
 
+def plot_digit_scores(
+    mnist_scores: np.ndarray, rendered: Rendered, scores: np.ndarray, threshold: float, path: Path
+) -> None:
+    """Digit score distributions on the test images: MNIST test and every drawn/realistic digit kind
+    together, and each non-digit kind (images the pipeline rejected are left out: they never get a score)."""
+    figure = Figure(figsize=(10, 6))
+    axis = figure.subplots()
+    bins = np.linspace(0, 1, 41)
+    digits = np.concatenate([mnist_scores, scores[rendered.found & rendered.is_digit]])
+    axis.hist(
+        digits, bins, histtype="step", linewidth=2.5, color="black", density=True, label="digits (test)"
+    )
+    for name in rendered.names:
+        mask = rendered.of(name) & rendered.found & ~rendered.is_digit
+        if mask.sum() >= 5:
+            axis.hist(scores[mask], bins, histtype="step", density=True, label=name)
+    axis.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.3g}")
+    axis.set(title="digit_score on test images (reached the model)", xlabel="digit_score", yscale="log")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def plot_mistakes(
+    test: Split,
+    mnist: dict[str, np.ndarray],
+    rendered: Rendered,
+    outputs: dict[str, np.ndarray],
+    threshold: float,
+    path: Path,
+    per_row: int = 16,
+) -> None:
+    """What the model still gets wrong on test images: misclassified MNIST digits, rejected or misclassified
+    drawn/realistic digits, and accepted non-digits (up to a row of each; caption: what it said)."""
+    rows: list[tuple[str, list[tuple[np.ndarray, str]]]] = []
+    predicted = mnist[PROBABILITIES].argmax(1)
+    wrong = np.flatnonzero(predicted != test.labels)[:per_row]
+    rows.append(
+        ("MNIST test, misclassified", [(test.images[i], f"{test.labels[i]}->{predicted[i]}") for i in wrong])
+    )
+    rejected = np.flatnonzero(mnist[DIGIT_SCORE] < threshold)[:per_row]
+    rows.append(
+        ("MNIST test, rejected", [(test.images[i], f"{mnist[DIGIT_SCORE][i]:.2f}") for i in rejected])
+    )
+    said = outputs[PROBABILITIES].argmax(1)
+    score = outputs[DIGIT_SCORE]
+    bad_digit = rendered.found & rendered.is_digit & ((said != rendered.labels) | (score < threshold))
+    picks = np.flatnonzero(bad_digit)[:per_row]
+    rows.append(
+        (
+            "realistic/drawn digits, wrong or rejected",
+            [(rendered.images[i], f"{rendered.labels[i]}->{said[i]} {score[i]:.2f}") for i in picks],
+        )
+    )
+    accepted = np.flatnonzero(rendered.found & ~rendered.is_digit & (score >= threshold))[: 2 * per_row]
+    rows.append(
+        ("non-digits accepted", [(rendered.images[i], f"{said[i]} {score[i]:.2f}") for i in accepted])
+    )
+    rows = [(title, cells) for title, cells in rows if cells]
+    lines = sum(-(-len(cells) // per_row) for _, cells in rows) or 1
+    figure = Figure(figsize=(per_row * 0.8, lines * 1.05 + 0.4 * len(rows)))
+    grid = figure.add_gridspec(lines, per_row)
+    line = 0
+    for title, cells in rows:
+        for k, (image, caption) in enumerate(cells):
+            axis = figure.add_subplot(grid[line + k // per_row, k % per_row])
+            axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_xlabel(caption, fontsize=6, labelpad=1)
+            if k == 0:
+                axis.set_title(title, fontsize=8, loc="left")
+        line += -(-len(cells) // per_row)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def write_card(path: Path, card: dict) -> None:
-    path.write_text(json.dumps(card, indent=2) + "\n")
+    """Atomically (temporary file in the same folder, then rename): the service may read the card any time."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial, path)
