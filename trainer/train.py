@@ -27,7 +27,7 @@ from trainer.synthetic import NOT_DIGIT, Rendered
 class TrainConfig:
     """Everything that decides the trained weights (recorded in the model card and ONNX metadata)."""
 
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
