@@ -136,49 +136,53 @@ def plot_mistakes(
     path: Path,
     per_row: int = 16,
 ) -> None:
-    """What the model still gets wrong on test images: misclassified MNIST digits, rejected or misclassified
-    drawn/realistic digits, and accepted non-digits (up to a row of each; caption: what it said)."""
+    """What the model still gets wrong on test images: misclassified and rejected MNIST digits, rejected or
+    misclassified realistic and drawn digits, and accepted non-digits (caption: what it said)."""
     rows: list[tuple[str, list[tuple[np.ndarray, str]]]] = []
     predicted = mnist[PROBABILITIES].argmax(1)
     wrong = np.flatnonzero(predicted != test.labels)[:per_row]
     rows.append(
-        ("MNIST test, misclassified", [(test.images[i], f"{test.labels[i]}->{predicted[i]}") for i in wrong])
+        (
+            "MNIST test, misclassified (label->said)",
+            [(test.images[i], f"{test.labels[i]}->{predicted[i]}") for i in wrong],
+        )
     )
     rejected = np.flatnonzero(mnist[DIGIT_SCORE] < threshold)[:per_row]
     rows.append(
-        ("MNIST test, rejected", [(test.images[i], f"{mnist[DIGIT_SCORE][i]:.2f}") for i in rejected])
+        ("MNIST test, rejected (score)", [(test.images[i], f"{mnist[DIGIT_SCORE][i]:.2f}") for i in rejected])
     )
-    said = outputs[PROBABILITIES].argmax(1)
-    score = outputs[DIGIT_SCORE]
+    said, score = outputs[PROBABILITIES].argmax(1), outputs[DIGIT_SCORE]
     bad_digit = rendered.found & rendered.is_digit & ((said != rendered.labels) | (score < threshold))
-    picks = np.flatnonzero(bad_digit)[:per_row]
+    accepted = rendered.found & ~rendered.is_digit & (score >= threshold)
+    digit_rows, negative_rows = [], []
+    for name in rendered.names:  # a few of each kind, the worst first
+        of_kind = rendered.of(name)
+        for i in sorted(np.flatnonzero(of_kind & bad_digit), key=lambda i: score[i])[:2]:
+            digit_rows.append((rendered.images[i], f"{rendered.labels[i]}->{said[i]} {score[i]:.2f}"))
+        for i in sorted(np.flatnonzero(of_kind & accepted), key=lambda i: -score[i])[:3]:
+            negative_rows.append((rendered.images[i], f"{said[i]} {score[i]:.2f}"))
     rows.append(
-        (
-            "realistic/drawn digits, wrong or rejected",
-            [(rendered.images[i], f"{rendered.labels[i]}->{said[i]} {score[i]:.2f}") for i in picks],
-        )
+        ("realistic and drawn digits, wrong or rejected (label->said, score)", digit_rows[: 2 * per_row])
     )
-    accepted = np.flatnonzero(rendered.found & ~rendered.is_digit & (score >= threshold))[: 2 * per_row]
     rows.append(
-        ("non-digits accepted", [(rendered.images[i], f"{said[i]} {score[i]:.2f}") for i in accepted])
+        ("non-digits accepted, highest scores of each kind (said, score)", negative_rows[: 2 * per_row])
     )
     rows = [(title, cells) for title, cells in rows if cells]
-    lines = sum(-(-len(cells) // per_row) for _, cells in rows) or 1
-    figure = Figure(figsize=(per_row * 0.8, lines * 1.05 + 0.4 * len(rows)))
-    grid = figure.add_gridspec(lines, per_row)
-    line = 0
-    for title, cells in rows:
+    lines = [-(-len(cells) // per_row) for _, cells in rows]
+    figure = Figure(figsize=(per_row * 0.75, 1.3 * sum(lines) + 0.4))
+    axes = figure.subplots(len(rows), 1, squeeze=False, gridspec_kw={"height_ratios": lines})[:, 0]
+    for axis, (title, cells) in zip(axes, rows, strict=True):
+        lines = -(-len(cells) // per_row)
+        mosaic = np.full((lines * 40, per_row * 32), 255, np.uint8)  # 28 px image, caption space below
         for k, (image, caption) in enumerate(cells):
-            axis = figure.add_subplot(grid[line + k // per_row, k % per_row])
-            axis.imshow(image, cmap="gray", vmin=0, vmax=255)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            axis.set_xlabel(caption, fontsize=6, labelpad=1)
-            if k == 0:
-                axis.set_title(title, fontsize=8, loc="left")
-        line += -(-len(cells) // per_row)
+            top, left = (k // per_row) * 40, (k % per_row) * 32
+            mosaic[top : top + 28, left + 2 : left + 30] = 255 - image  # dark ink on white, like paper
+            axis.text(left + 16, top + 35, caption, ha="center", va="center", fontsize=6)
+        axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
+        axis.set_title(title, fontsize=9, loc="left")
+        axis.set_axis_off()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=110)
 
 
 def write_card(path: Path, card: dict) -> None:
