@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--limit",
         type=int,
-        help="train on the first N training images only, synthetic sets scaled down alike (smoke tests)",
+        help=f"train on the first N MNIST training images only, and {synthetic.SMOKE_COUNT} synthetic images "
+        "of each kind in every set (smoke tests)",
     )
     parser.add_argument("--conv", type=int, nargs=2, default=DEFAULTS.conv, help="conv channels")
     parser.add_argument("--hidden", type=int, nargs=2, default=DEFAULTS.hidden, help="hidden widths")
@@ -120,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out: Path = args.out
     load_before = os.getloadavg()
-    # Synthetic images through the service's pipeline: train and validation sets (cached), scaled by --limit.
-    fraction = None if args.limit is None else min(1.0, args.limit / len(data.train.labels))
+    # Synthetic images through the service's pipeline: train and validation sets (cached); tiny with --limit.
+    smoke = args.limit is not None
     started, cpu_started = time.perf_counter(), time.process_time()
-    extra = synthetic.cached_render("train", data.train, fraction, args.workers)
-    validation = synthetic.cached_render("validation", data.validation, fraction, args.workers)
+    extra = synthetic.cached_render("train", data.train, smoke, args.workers)
+    validation = synthetic.cached_render("validation", data.validation, smoke, args.workers)
     rendering = {
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_seconds": round(
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(partial, onnx_path)
 
     # Digit or not on fresh test images: realistic digits from MNIST test digits, every negative kind.
-    test_parts = synthetic.scaled(synthetic.TEST, fraction)
+    test_parts = synthetic.recipe_for(synthetic.TEST, smoke)
     rendered = openset.test_set(data.test, test_parts, workers=args.workers)
     figures = openset.measure(onnx_path, threshold, data.test, rendered)
 

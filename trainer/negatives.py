@@ -55,10 +55,12 @@ PEN_LETTERS = {
     "greek": "ACDEGHKLMNPRTUWXYcghklmnpruwy",  # Α Χ Δ Ε Γ Η Κ Λ Μ Ν Π Ρ Τ Υ Ω Ξ Ψ χ γ η κ λ μ ν π ρ υ ω ψ
     "cyrillic": "ADEGHIKLMNPQRSTUWXY[^`deghiklmnpqrstuwxy{}$%&",  # А Д И Г Ж К Л М Н П Ш Р С Т Ю ...
 }
-# The Hershey "japanese" font maps ASCII to kana and kanji. Kept: kanji 円年大国人東中本京出時上者入 and kana
-# あえおかきけさすせたとなにぬねはひふほまみむめもやゆよれわゐゑをんがぎげざ. Left out: the kanji numerals
-# 一二三四五六七九十 and 日 (a seven-segment 8), and kana that look like digits or Latin strokes, with or without
-# their voicing marks (い う く ぐ こ ご し じ そ ち つ て の へ ら り る ろ).
+# The Hershey "japanese" font maps ASCII to kana and kanji.
+# Kept: kanji 円年大国人東中本京出時上者入 and
+# kana あえおかきけさすせたとなにぬねはひふほまみむめもやゆよれわゐゑをんがぎげざ.
+# Left out: the kanji numerals 一二三四五六七九十 and 日 (a seven-segment 8), and kana that look like
+# digits or Latin strokes, with or without voicing marks:
+# い う く ぐ こ ご し じ そ ち つ て の へ ら り る ろ.
 KANA = "$%&'()*+,-./09ADEFGIKMNPTUVWXZ[\\^_`abcdfghlnoqrsxy{}"
 
 
