@@ -109,19 +109,29 @@ def plot_digit_scores(
 ) -> None:
     """Digit score distributions on the test images: MNIST test and every drawn/realistic digit kind
     together, and each non-digit kind (images the pipeline rejected are left out: they never get a score)."""
+
+    def log_odds(p: np.ndarray | float) -> np.ndarray:  # spreads the scores crowded near 0 and 1
+        p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)
+
     figure = Figure(figsize=(10, 6))
     axis = figure.subplots()
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(-16, 16, 65)
     digits = np.concatenate([mnist_scores, scores[rendered.found & rendered.is_digit]])
     axis.hist(
-        digits, bins, histtype="step", linewidth=2.5, color="black", density=True, label="digits (test)"
+        log_odds(digits), bins, histtype="step", linewidth=2.5, color="black", density=True, label="digits"
     )
     for name in rendered.names:
         mask = rendered.of(name) & rendered.found & ~rendered.is_digit
         if mask.sum() >= 5:
-            axis.hist(scores[mask], bins, histtype="step", density=True, label=name)
-    axis.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.3g}")
-    axis.set(title="digit_score on test images (reached the model)", xlabel="digit_score", yscale="log")
+            axis.hist(log_odds(scores[mask]), bins, histtype="step", density=True, label=name)
+    axis.axvline(log_odds(threshold), color="red", linestyle="--", label=f"threshold {threshold:.3g}")
+    axis.set(
+        title="digit_score on test images that reached the model",
+        xlabel="log(digit_score / (1 - digit_score))",
+        ylabel="density",
+        yscale="log",
+    )
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
