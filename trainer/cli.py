@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_kinds": HELD_OUT,
             "test_set": {
                 "seed": synthetic.SEEDS["test"],
-                "recipe": [[p.source, p.kind, p.count] for p in test_parts],
+                "recipe": [[p.source, p.kind, p.count, p.drop_strokes] for p in test_parts],
                 "measured_with": "trainer.openset.measure (bench/notdigit.py prints the same table)",
             },
             **figures,
