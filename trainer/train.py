@@ -27,7 +27,7 @@ from trainer.synthetic import NOT_DIGIT, Rendered
 class TrainConfig:
     """Everything that decides the trained weights (recorded in the model card and ONNX metadata)."""
 
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -41,8 +41,8 @@ class TrainConfig:
     # checkpointed and shipped. It smooths out the last noisy steps at no extra forward/backward cost.
     ema_decay: float = 0.999
     # Architecture (trainer.model.LeNet5): conv channels, hidden widths.
-    conv: tuple[int, int] = (16, 32)
-    hidden: tuple[int, int] = (96, 64)
+    conv: tuple[int, int] = (16, 40)
+    hidden: tuple[int, int] = (80, 64)
     # Weight of the digit-vs-not loss (binary cross-entropy) next to the digits' cross-entropy.
     digit_loss_weight: float = 1.0
 
