@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from service import preprocess  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
+from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
 
 MAX_PIXELS = Settings().max_image_pixels
 Pipeline = Callable[[bytes], np.ndarray]
@@ -82,8 +82,8 @@ PAPER_JPEGS = {"JPEG q25-60", "lined paper", "squared paper", "printed fonts", "
 
 
 def kinds() -> dict[str, tuple[Callable[..., bytes], float | None]]:
-    """Every kind measured: the target kinds above, then tests/realistic.py's (paper JPEGs <= 0.5 MP: 2.5 ms,
-    phone photos: 8 ms)."""
+    """Every kind measured: the target kinds above, then trainer/realistic.py's (paper JPEGs <= 0.5 MP:
+    2.5 ms, phone photos: 8 ms)."""
     out = dict(TARGET_KINDS)
     for name, maker in KINDS.items():
         target = 2.5 if name in PAPER_JPEGS else 8.0 if name.startswith("phone photo") else None

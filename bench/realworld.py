@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from service.preprocess import ImageError, load_image, to_mnist  # noqa: E402
 from service.runtime import PROBABILITIES, ModelRuntime  # noqa: E402
 from service.settings import Settings, cores  # noqa: E402
-from tests.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
+from trainer.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
 
 MAX_PIXELS = Settings().max_image_pixels
 

@@ -5,7 +5,7 @@
 Starts `python -m service` (one worker, then two) on 127.0.0.1 and drives it with wrk (bench/loadgen.py):
 single JSON /predict from a real MNIST test digit; images posted to /predict as they come from users (a
 28x28 PNG, a 280x280 transparent canvas PNG with drawn strokes, a photo of a digit on lined paper, a
-1200x1600 phone photo JPEG; tests/realistic.py); 256-image raw uint8 batches to /predict/batch. Beside them,
+1200x1600 phone photo JPEG; trainer/realistic.py); 256-image raw uint8 batches to /predict/batch. Beside them,
 in the same run, two floors: the bare POST floor (bench/floor_app.py: FastAPI, one POST route that reads the
 body and returns a constant, uvicorn with uvloop and httptools, no middleware; posted the same JSON body) and
 the compute floor (onnxruntime in-process at batch 256 with a worker's thread count). Then a mixed load
@@ -41,8 +41,8 @@ from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.liveserver import LiveServer, free_port, run_server, stop  # noqa: E402
-from tests.realistic import canvas_png, encode, lined, phone_photo  # noqa: E402
 from trainer.data import load_test  # noqa: E402
+from trainer.realistic import canvas_png, encode, lined, phone_photo  # noqa: E402
 
 BATCH = 256
 LEVELS = (1, 32)

@@ -50,7 +50,7 @@ from tests.faults import (  # noqa: E402
     workers,
 )
 from tests.liveserver import run_server  # noqa: E402
-from tests.realistic import encode, font_ink, paper_scan, phone_photo  # noqa: E402
+from trainer.realistic import encode, font_ink, paper_scan, phone_photo  # noqa: E402
 
 Send = Callable[[httpx.AsyncClient, str], Awaitable[int | None]]  # a status, or None: nothing to check
 Sample = dict[int, tuple[float, int]]  # pid -> (RSS MiB, open fds)

@@ -12,7 +12,7 @@ import numpy as np
 import schemathesis
 from hypothesis import strategies as st
 
-from tests.realistic import INKS, encode, finish, font_ink, paper, place
+from trainer.realistic import INKS, encode, finish, font_ink, paper, place
 
 IMAGE_BYTES = 28 * 28
 FORMATS = {

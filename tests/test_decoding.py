@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.decoding import ImageDecoder
 from service.errors import ApiError
-from tests.realistic import encode, large_canvas
+from trainer.realistic import encode, large_canvas
 
 
 @pytest.fixture

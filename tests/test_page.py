@@ -17,8 +17,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import require_program
 from tests.liveserver import ROOT, LiveServer
-from tests.realistic import encode
 from trainer.data import load_test
+from trainer.realistic import encode
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -145,10 +145,47 @@ def test_drawn_digit_is_recognised(page: Page, digit: int) -> None:
     assert page.inner_text("#confidence") == f"{100 * max(probabilities):.1f} %"
     assert page.locator("#bars li.top").get_attribute("data-digit") == str(digit)
     assert page.inner_text("#rtt").endswith(" ms")
+    assert page.inner_text("#score").endswith(" %")
     assert seen_has_ink(page)
     if digit == 7:
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "drawing-page.png", full_page=True)
+
+
+def arc(cx: float, cy: float, r: float, start: float, end: float, n: int = 24) -> list[tuple[float, float]]:
+    """Points on a circular arc, angles in degrees (0 = right, 90 = down: screen coordinates)."""
+    angles = [math.radians(start + (end - start) * i / (n - 1)) for i in range(n)]
+    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in angles]
+
+
+NOT_DIGITS = {
+    "letter A": [[(0.3, 0.8), (0.5, 0.2), (0.7, 0.8)], [(0.38, 0.58), (0.62, 0.58)]],
+    "scribble": [
+        [(0.2 + 0.6 * (i % 2), 0.2 + 0.6 * i / 11 + 0.05 * ((i * 7) % 3)) for i in range(12)],
+        [(0.15 + 0.7 * i / 9, 0.3 + 0.4 * ((i * 5) % 4) / 3) for i in range(10)],
+    ],
+    "smiley": [
+        arc(0.5, 0.5, 0.32, 0, 360, 40),
+        arc(0.39, 0.4, 0.03, 0, 360, 10),
+        arc(0.61, 0.4, 0.03, 0, 360, 10),
+        arc(0.5, 0.52, 0.16, 20, 160),
+    ],
+}
+
+
+@pytest.mark.parametrize("drawing", list(NOT_DIGITS))
+def test_a_drawing_that_is_not_a_digit_says_so(page: Page, drawing: str) -> None:
+    draw(page, NOT_DIGITS[drawing])
+    settle(page)
+    assert page.inner_text("#error") == ""
+    assert page.inner_text("#digit") == "Not a digit"
+    assert page.inner_text("#confidence") == "\u2013"  # an en dash: no confidence to show
+    score = float(page.inner_text("#score").rstrip(" %"))
+    threshold = 100 * httpx.get(f"{page.url.rstrip('/')}/v1/models/lenet5").json()["digit_threshold"]
+    assert score < threshold
+    assert sum(shown_probabilities(page)) == pytest.approx(1.0, abs=1e-3)  # the bars stay, muted
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"not-a-digit-{drawing.replace(' ', '-')}.png", full_page=True)
 
 
 def test_prediction_updates_while_the_pen_is_down(page: Page) -> None:

@@ -21,7 +21,7 @@ from service.preprocess import (
     to_mnist,
 )
 from tests.liveserver import ROOT
-from tests.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
+from trainer.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
 
 MAX_PIXELS = 40_000_000
 

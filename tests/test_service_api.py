@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 from service.app import create_app
 from service.settings import Settings
 from tests.liveserver import metric_sum
-from tests.realistic import encode
 from tests.service_model import DIGIT_THRESHOLD, NAME, TEST_ACCURACY, VERSION
+from trainer.realistic import encode
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (5, 28, 28))

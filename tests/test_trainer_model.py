@@ -15,8 +15,9 @@ from trainer.train import TrainConfig, jitter
 @pytest.mark.parametrize("batch", [1, 7])
 def test_output_shapes(batch: int) -> None:
     model = LeNet5().eval()
-    logits, probabilities = Deployable(model, temperature=1.5)(torch.rand(batch, 1, 28, 28))
+    logits, probabilities, digit_score = Deployable(model, temperature=1.5)(torch.rand(batch, 1, 28, 28))
     assert logits.shape == probabilities.shape == (batch, 10)
+    assert digit_score.shape == (batch,) and ((digit_score > 0) & (digit_score < 1)).all()
     assert torch.allclose(probabilities.sum(1), torch.ones(batch))
 
 

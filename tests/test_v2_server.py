@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import re
 import time
 import zlib
@@ -25,7 +26,8 @@ from trainer.data import load_test
 
 MODEL = "lenet5"
 BATCH = 64
-OUTPUTS = ("logits", "probabilities")
+OUTPUTS = ("logits", "probabilities", "digit_score")
+SHAPES = {"logits": [10], "probabilities": [10], "digit_score": []}  # after the batch dimension
 INFER = f"/v2/models/{MODEL}/infer"
 
 
@@ -88,8 +90,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient, described: di
         }
     assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert {output["name"]: output["shape"] for output in metadata["outputs"]} == {
-        "logits": [-1, 10],
-        "probabilities": [-1, 10],
+        name: [-1, *shape] for name, shape in SHAPES.items()
     }
 
 
@@ -109,12 +110,33 @@ def test_infer_batch_equals_predict(
     response = result.get_response()
     assert response["model_name"] == MODEL and response["id"] == "r1"
     for output in response["outputs"]:
-        assert output["datatype"] == "FP32" and output["shape"] == [BATCH, 10]
+        assert output["datatype"] == "FP32" and output["shape"] == [BATCH, *SHAPES[output["name"]]]
         assert ("parameters" in output) is binary_out and ("data" in output) is not binary_out
     probabilities = result.as_numpy("probabilities")
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(probabilities.argmax(1), expected.argmax(1))
     np.testing.assert_array_equal(result.as_numpy("logits").argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
+def test_digit_score_is_requestable_and_agrees_with_predict(
+    client: triton.InferenceServerClient, live_server: LiveServer, images: np.ndarray, binary_out: bool
+) -> None:
+    """The third output alone, as tritonclient asks for it: one score per image, /predict/batch's digit_score
+    for the same images, and below the model's threshold exactly where /predict/batch says is_digit false."""
+    outputs = [triton.InferRequestedOutput("digit_score", binary_data=binary_out)]
+    result = client.infer(MODEL, [image_input(images, "UINT8", True)], outputs=outputs)
+    assert [output["name"] for output in result.get_response()["outputs"]] == ["digit_score"]
+    score = result.as_numpy("digit_score")
+    assert score.shape == (BATCH,) and score.dtype == np.float32
+    predictions = httpx.post(
+        f"{live_server.url}/predict/batch",
+        content=images.tobytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    ).json()["predictions"]
+    np.testing.assert_allclose(score, [p["digit_score"] for p in predictions], rtol=0, atol=1e-6)
+    threshold = client.get_model_metadata(MODEL)["parameters"]["digit_threshold"]
+    assert [bool(value >= threshold) for value in score] == [p["is_digit"] for p in predictions]
 
 
 def test_requested_outputs_only_and_id_only_when_sent(
@@ -145,7 +167,10 @@ def test_versioned_and_compressed_requests(
     )
     outputs = result.get_response()["outputs"]
     assert [output["name"] for output in outputs] == list(OUTPUTS)
-    assert all(output["parameters"]["binary_data_size"] == 8 * 10 * 4 for output in outputs)
+    assert all(
+        output["parameters"]["binary_data_size"] == 8 * math.prod(SHAPES[output["name"]]) * 4
+        for output in outputs
+    )
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected[:8], rtol=0, atol=1e-6)
 
 

@@ -12,25 +12,27 @@ import torch
 from torch import nn
 
 from trainer.data import Split
-from trainer.train import predict_logits
+from trainer.train import predict
 
 OPSET = 17
-INPUT, LOGITS, PROBABILITIES = "image", "logits", "probabilities"
+INPUT, LOGITS, PROBABILITIES, DIGIT_SCORE = "image", "logits", "probabilities", "digit_score"
+OUTPUTS = (LOGITS, PROBABILITIES, DIGIT_SCORE)
 MAX_ABS_DIFF = 1e-4
 MIN_COMPARED = 1000
 
 
 class Deployable(nn.Module):
-    """What the service runs: [0,1] images -> (logits, softmax(logits / T)); normalization is in the model."""
+    """What the service runs: [0,1] images -> (logits, softmax(logits / T), sigmoid(digit logit));
+    normalization is in the model."""
 
     def __init__(self, model: nn.Module, temperature: float):
         super().__init__()
         self.model = model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(image)
-        return logits, torch.softmax(logits / self.temperature, dim=1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, digit = self.model(image)
+        return logits, torch.softmax(logits / self.temperature, dim=1), torch.sigmoid(digit)
 
 
 def export_onnx(deployable: Deployable, path: Path) -> None:
@@ -44,8 +46,8 @@ def export_onnx(deployable: Deployable, path: Path) -> None:
         dynamo=False,
         opset_version=OPSET,
         input_names=[INPUT],
-        output_names=[LOGITS, PROBABILITIES],
-        dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}, PROBABILITIES: {0: "batch"}},
+        output_names=list(OUTPUTS),
+        dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)},
     )
 
 
@@ -58,44 +60,52 @@ def write_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def run_onnx(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
-    """Outputs for uint8 images [N,28,28] through onnxruntime on the CPU, as the service feeds them."""
+    """Every output of the model for uint8 images [N,28,28] through onnxruntime on the CPU, as the service
+    feeds them."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs: dict[str, list[np.ndarray]] = {LOGITS: [], PROBABILITIES: []}
+    names = [output.name for output in session.get_outputs()]
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size, None].astype(np.float32) / 255
-        for name, value in zip(
-            [LOGITS, PROBABILITIES], session.run([LOGITS, PROBABILITIES], {INPUT: x}), strict=True
-        ):
+        for name, value in zip(names, session.run(names, {INPUT: x}), strict=True):
             outputs[name].append(value)
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
 @dataclass
 class Verification:
-    max_abs_diff: float  # probabilities, onnxruntime vs torch
+    max_abs_diff: float  # probabilities and digit score, onnxruntime vs torch
     compared: int
     outputs: dict[str, np.ndarray]  # onnxruntime outputs on the whole split
     correct: int
     accuracy: float
 
 
-def torch_probabilities(deployable: Deployable, images: np.ndarray) -> np.ndarray:
-    """The reference an exported file must match: the torch model's calibrated probabilities [N,10]."""
-    logits = predict_logits(deployable.model, images, torch.device("cpu"))
-    return torch.softmax(logits / deployable.temperature, dim=1).numpy()
+def torch_outputs(deployable: Deployable, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The reference an exported file must match: the torch model's calibrated probabilities [N,10] and digit
+    scores [N]."""
+    logits, digit = predict(deployable.model, images, torch.device("cpu"))
+    return {
+        PROBABILITIES: torch.softmax(logits / deployable.temperature, dim=1).numpy(),
+        DIGIT_SCORE: torch.sigmoid(digit).numpy(),
+    }
 
 
-def verify(path: Path, expected: np.ndarray, split: Split) -> Verification:
-    """onnx.checker; onnxruntime vs the torch probabilities `expected` for the whole split (>= 1000 images);
-    accuracy via onnxruntime."""
+def verify(path: Path, expected: dict[str, np.ndarray], split: Split) -> Verification:
+    """onnx.checker; the three outputs with their shapes; onnxruntime vs the torch probabilities and digit
+    scores `expected` for the whole split (>= 1000 images); accuracy via onnxruntime."""
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     if len(split.labels) < MIN_COMPARED:
         raise ValueError(f"need at least {MIN_COMPARED} images to compare onnxruntime with torch")
     outputs = run_onnx(path, split.images)
-    diff = float(np.abs(outputs[PROBABILITIES] - expected).max())
-    if diff > MAX_ABS_DIFF:
+    n = len(split.labels)
+    shapes = {name: value.shape for name, value in outputs.items()}
+    if shapes != {LOGITS: (n, 10), PROBABILITIES: (n, 10), DIGIT_SCORE: (n,)}:
         raise RuntimeError(
-            f"{path}: onnxruntime and torch probabilities differ by {diff:.2e} > {MAX_ABS_DIFF}"
+            f"{path}: outputs {shapes}, expected logits and probabilities [N,10], digit_score [N]"
         )
+    diff = max(float(np.abs(outputs[name] - expected[name]).max()) for name in expected)
+    if diff > MAX_ABS_DIFF:
+        raise RuntimeError(f"{path}: onnxruntime and torch outputs differ by {diff:.2e} > {MAX_ABS_DIFF}")
     correct = int((outputs[PROBABILITIES].argmax(1) == split.labels).sum())
     return Verification(diff, len(split.labels), outputs, correct, correct / len(split.labels))

@@ -1,4 +1,5 @@
-"""LeNet-5 (the one architecture definition): two conv+pool stages, three fully connected layers."""
+"""LeNet-5 (the one architecture definition): two conv+pool stages, three fully connected layers, and a
+digit-vs-not head on the same features."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from torch import nn
 
 # MNIST training-set pixel statistics (of x / 255). They live in the model, so the exported graph normalizes.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-PARAMETER_BUDGET = 100_000
+PARAMETER_BUDGET = 120_000
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 with BatchNorm and dropout; input float [N,1,28,28] in [0,1], white ink on black."""
+    """LeNet-5 with BatchNorm and dropout; input float [N,1,28,28] in [0,1], white ink on black. Two heads
+    share every layer but the last: ten digit logits, and one logit for "this is a digit at all"."""
 
     def __init__(
         self, conv: tuple[int, int] = (16, 32), hidden: tuple[int, int] = (96, 64), dropout: float = 0.25
@@ -30,7 +32,7 @@ class LeNet5(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # 5x5
         )
-        self.classifier = nn.Sequential(
+        self.embedding = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
             nn.Linear(c2 * 5 * 5, hidden[0]),
@@ -39,12 +41,14 @@ class LeNet5(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden[1], 10),
         )
+        self.classifier = nn.Linear(hidden[1], 10)
+        self.digit = nn.Linear(hidden[1], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits [N,10]."""
-        return self.classifier(self.features((x - self.mean) / self.std))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(digit logits [N,10], is-a-digit logit [N])."""
+        shared = self.embedding(self.features((x - self.mean) / self.std))
+        return self.classifier(shared), self.digit(shared).squeeze(1)
 
 
 def count_parameters(model: nn.Module) -> int:

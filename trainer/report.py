@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
 from trainer.calibrate import reliability
+from trainer.data import Split
+from trainer.export import DIGIT_SCORE, PROBABILITIES
+from trainer.synthetic import Rendered
 from trainer.train import History
 
 
@@ -100,5 +104,99 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
     figure.savefig(path, dpi=100)
 
 
+def plot_digit_scores(
+    mnist_scores: np.ndarray, rendered: Rendered, scores: np.ndarray, threshold: float, path: Path
+) -> None:
+    """Digit score distributions on the test images: MNIST test and every drawn/realistic digit kind
+    together, and each non-digit kind (images the pipeline rejected are left out: they never get a score)."""
+
+    def log_odds(p: np.ndarray | float) -> np.ndarray:  # spreads the scores crowded near 0 and 1
+        p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)
+
+    figure = Figure(figsize=(10, 6))
+    axis = figure.subplots()
+    bins = np.linspace(-16, 16, 65)
+    digits = np.concatenate([mnist_scores, scores[rendered.found & rendered.is_digit]])
+    axis.hist(
+        log_odds(digits), bins, histtype="step", linewidth=2.5, color="black", density=True, label="digits"
+    )
+    for name in rendered.names:
+        mask = rendered.of(name) & rendered.found & ~rendered.is_digit
+        if mask.sum() >= 5:
+            axis.hist(log_odds(scores[mask]), bins, histtype="step", density=True, label=name)
+    axis.axvline(log_odds(threshold), color="red", linestyle="--", label=f"threshold {threshold:.3g}")
+    axis.set(
+        title="digit_score on test images that reached the model",
+        xlabel="log(digit_score / (1 - digit_score))",
+        ylabel="density",
+        yscale="log",
+    )
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def plot_mistakes(
+    test: Split,
+    mnist: dict[str, np.ndarray],
+    rendered: Rendered,
+    outputs: dict[str, np.ndarray],
+    threshold: float,
+    path: Path,
+    per_row: int = 16,
+) -> None:
+    """What the model still gets wrong on test images: misclassified and rejected MNIST digits, rejected or
+    misclassified realistic and drawn digits, and accepted non-digits (caption: what it said)."""
+    rows: list[tuple[str, list[tuple[np.ndarray, str]]]] = []
+    predicted = mnist[PROBABILITIES].argmax(1)
+    wrong = np.flatnonzero(predicted != test.labels)[:per_row]
+    rows.append(
+        (
+            "MNIST test, misclassified (label->said)",
+            [(test.images[i], f"{test.labels[i]}->{predicted[i]}") for i in wrong],
+        )
+    )
+    rejected = np.flatnonzero(mnist[DIGIT_SCORE] < threshold)[:per_row]
+    rows.append(
+        ("MNIST test, rejected (score)", [(test.images[i], f"{mnist[DIGIT_SCORE][i]:.2f}") for i in rejected])
+    )
+    said, score = outputs[PROBABILITIES].argmax(1), outputs[DIGIT_SCORE]
+    bad_digit = rendered.found & rendered.is_digit & ((said != rendered.labels) | (score < threshold))
+    accepted = rendered.found & ~rendered.is_digit & (score >= threshold)
+    digit_rows, negative_rows = [], []
+    for name in rendered.names:  # a few of each kind, the worst first
+        of_kind = rendered.of(name)
+        for i in sorted(np.flatnonzero(of_kind & bad_digit), key=lambda i: score[i])[:2]:
+            digit_rows.append((rendered.images[i], f"{rendered.labels[i]}->{said[i]} {score[i]:.2f}"))
+        for i in sorted(np.flatnonzero(of_kind & accepted), key=lambda i: -score[i])[:3]:
+            negative_rows.append((rendered.images[i], f"{said[i]} {score[i]:.2f}"))
+    rows.append(
+        ("realistic and drawn digits, wrong or rejected (label->said, score)", digit_rows[: 2 * per_row])
+    )
+    rows.append(
+        ("non-digits accepted, highest scores of each kind (said, score)", negative_rows[: 2 * per_row])
+    )
+    rows = [(title, cells) for title, cells in rows if cells]
+    lines = [-(-len(cells) // per_row) for _, cells in rows]
+    figure = Figure(figsize=(per_row * 0.75, 1.3 * sum(lines) + 0.4))
+    axes = figure.subplots(len(rows), 1, squeeze=False, gridspec_kw={"height_ratios": lines})[:, 0]
+    for axis, (title, cells) in zip(axes, rows, strict=True):
+        lines = -(-len(cells) // per_row)
+        mosaic = np.full((lines * 40, per_row * 32), 255, np.uint8)  # 28 px image, caption space below
+        for k, (image, caption) in enumerate(cells):
+            top, left = (k // per_row) * 40, (k % per_row) * 32
+            mosaic[top : top + 28, left + 2 : left + 30] = 255 - image  # dark ink on white, like paper
+            axis.text(left + 16, top + 35, caption, ha="center", va="center", fontsize=6)
+        axis.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
+        axis.set_title(title, fontsize=9, loc="left")
+        axis.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def write_card(path: Path, card: dict) -> None:
-    path.write_text(json.dumps(card, indent=2) + "\n")
+    """Atomically (temporary file in the same folder, then rename): the service may read the card any time."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial, path)

@@ -1,4 +1,5 @@
-"""The training loop: augmented mini-batches, one-cycle AdamW, weight EMA, best-on-validation checkpoint."""
+"""The training loop: augmented mini-batches of digits and non-digits, one-cycle AdamW, weight EMA,
+best-on-validation checkpoint."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from trainer.calibrate import digit_threshold
 from trainer.data import Mnist, Split
 from trainer.model import LeNet5
+from trainer.synthetic import NOT_DIGIT, Rendered
 
 
 @dataclass
@@ -37,6 +40,11 @@ class TrainConfig:
     # Exponential moving average of the weights (and BatchNorm statistics): the model that is evaluated,
     # checkpointed and shipped. It smooths out the last noisy steps at no extra forward/backward cost.
     ema_decay: float = 0.999
+    # Architecture (trainer.model.LeNet5): conv channels, hidden widths.
+    conv: tuple[int, int] = (16, 40)
+    hidden: tuple[int, int] = (80, 64)
+    # Weight of the digit-vs-not loss (binary cross-entropy) next to the digits' cross-entropy.
+    digit_loss_weight: float = 1.0
 
 
 @dataclass
@@ -44,6 +52,7 @@ class History:
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
+    best_val_errors: int | None = None
     seconds: float = 0.0  # wall clock
     cpu_seconds: float = 0.0  # this process, all threads: not inflated by other processes sharing the CPU
 
@@ -95,25 +104,39 @@ def jitter(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> 
 
 
 @torch.no_grad()
-def predict_logits(
+def predict(
     model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1000
-) -> torch.Tensor:
-    """Logits [N,10] on the CPU for uint8 images [N,28,28], in eval mode."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(digit logits [N,10], is-a-digit logits [N]) on the CPU for uint8 images [N,28,28], in eval mode."""
     model.eval()
     source = torch.from_numpy(images)
-    return torch.cat(
-        [
-            model(to_device(source[i : i + batch_size], device)).float().cpu()
-            for i in range(0, len(source), batch_size)
-        ]
-    )
+    parts = [model(to_device(source[i : i + batch_size], device)) for i in range(0, len(source), batch_size)]
+    return torch.cat([p[0].float().cpu() for p in parts]), torch.cat([p[1].float().cpu() for p in parts])
 
 
-def evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a split."""
-    logits = predict_logits(model, split.images, device)
+def validate(model: nn.Module, split: Split, extra: Rendered, device: torch.device) -> dict:
+    """Validation figures of one model. Errors, the number the best epoch minimizes: misclassified validation
+    digits (MNIST and drawn/realistic) plus validation non-digits accepted at the threshold the rule picks on
+    these same validation digits (trainer.calibrate.digit_threshold)."""
+    logits, digit = predict(model, split.images, device)
     labels = torch.from_numpy(split.labels)
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    reached = extra.found  # what the pipeline rejects never reaches the model
+    extra_logits, extra_digit = predict(model, extra.images[reached], device)
+    extra_labels = torch.from_numpy(extra.labels[reached])
+    is_digit = extra_labels != NOT_DIGIT
+    threshold = digit_threshold(torch.cat([digit, extra_digit[is_digit]]).sigmoid().numpy())
+    wrong = int((logits.argmax(1) != labels).sum()) + int(
+        (extra_logits.argmax(1) != extra_labels)[is_digit].sum()
+    )
+    accepted = int((extra_digit[~is_digit].sigmoid() >= threshold).sum())
+    return {
+        "val_loss": F.cross_entropy(logits, labels).item(),
+        "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        "val_drawn_accuracy": (extra_logits.argmax(1) == extra_labels)[is_digit].float().mean().item(),
+        "val_threshold": threshold,
+        "val_negatives_accepted": accepted / max(1, int((~is_digit).sum())),
+        "val_errors": wrong + accepted,
+    }
 
 
 @torch.no_grad()
@@ -126,15 +149,39 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             averaged.copy_(current)
 
 
-def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Path) -> tuple[LeNet5, History]:
-    """Train LeNet5; return the epoch with the best validation accuracy (also saved to `checkpoint`)."""
+def train_arrays(data: Mnist, extra: Rendered, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST training digits and the synthetic images that reached the model (label NOT_DIGIT: non-digits)."""
+    reached = extra.found
+    images = np.concatenate([data.train.images[:limit], extra.images[reached]])
+    labels = np.concatenate([data.train.labels[:limit], extra.labels[reached]])
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def losses(logits: torch.Tensor, digit: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over the digits in the batch (non-digits have no digit label) and binary cross-entropy
+    of digit-vs-not over all of it."""
+    is_digit = y != NOT_DIGIT
+    classify = F.cross_entropy(logits, y.clamp(min=0), reduction="none")
+    classify = (classify * is_digit).sum() / is_digit.sum().clamp(min=1)
+    return classify, F.binary_cross_entropy_with_logits(digit, is_digit.float())
+
+
+def train(
+    data: Mnist,
+    extra: Rendered,
+    validation: Rendered,
+    config: TrainConfig,
+    device: torch.device,
+    checkpoint: Path,
+) -> tuple[LeNet5, History]:
+    """Train LeNet5 on MNIST plus the synthetic `extra` images; return the epoch with the fewest validation
+    errors (`validate`; also saved to `checkpoint`)."""
     seed_everything(config.seed)
-    model = LeNet5().to(device)
+    model = LeNet5(config.conv, config.hidden).to(device)
     ema = copy.deepcopy(model).eval()
     generator = torch.Generator(device=device).manual_seed(config.seed)
     shuffler = torch.Generator().manual_seed(config.seed)
-    images = torch.from_numpy(data.train.images[: config.limit])
-    labels = torch.from_numpy(data.train.labels[: config.limit])
+    images, labels = train_arrays(data, extra, config.limit)
     steps = math.ceil(len(images) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -156,8 +203,9 @@ def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Pa
             x = jitter(to_device(images[index], device), config, generator)
             y = labels[index].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                logits, digit = model(x)
+                classify, detect = losses(logits.float(), digit.float(), y)
+                loss = classify + config.digit_loss_weight * detect
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -165,29 +213,31 @@ def train(data: Mnist, config: TrainConfig, device: torch.device, checkpoint: Pa
             schedule.step()
             done = schedule.last_epoch  # optimizer steps so far; a short warm-up lets the average move early
             update_ema(ema, model, min(config.ema_decay, (1 + done) / (10 + done)))
+            is_digit = y != NOT_DIGIT
             total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+            correct += (logits.argmax(1) == y)[is_digit].sum().item()
+            seen += is_digit.sum().item()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
-        val_loss, val_acc = evaluate(ema, data.validation, device)
         row = {
             "epoch": epoch,
-            "train_loss": total_loss / seen,
-            "train_accuracy": correct / seen,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
+            "train_loss": total_loss / len(images),
+            "train_accuracy": correct / max(1, seen),  # digits only, augmented, dropout on
+            **validate(ema, data.validation, validation, device),
             "seconds": time.perf_counter() - epoch_start,
         }
         history.epochs.append(row)
-        best = val_acc > history.best_val_accuracy
+        best = history.best_val_errors is None or row["val_errors"] < history.best_val_errors
         if best:
-            history.best_epoch, history.best_val_accuracy = epoch, val_acc
+            history.best_epoch, history.best_val_accuracy = epoch, row["val_accuracy"]
+            history.best_val_errors = row["val_errors"]
             torch.save(ema.state_dict(), checkpoint)
         tqdm.write(
-            f"epoch {epoch:2d}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{row['train_accuracy']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
-            f"{row['seconds']:.1f}s{'  *best' if best else ''}"
+            f"epoch {epoch:2d}/{config.epochs}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.4f}"
+            f"  val acc {row['val_accuracy']:.4f} drawn {row['val_drawn_accuracy']:.4f}  threshold "
+            f"{row['val_threshold']:.3g} non-digits accepted {row['val_negatives_accepted']:.4f}  errors "
+            f"{row['val_errors']}  {row['seconds']:.1f}s{'  *best' if best else ''}"
         )
     history.seconds = time.perf_counter() - started
     history.cpu_seconds = time.process_time() - cpu_started
