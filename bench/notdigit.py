@@ -4,15 +4,19 @@ digits accepted and accuracy. With the defaults: the same images and figures as 
     MNIST_DATA_DIR=... python bench/notdigit.py [--model models/lenet5.onnx] [--realistic 100 --drawn 200
         --negatives 200 --seed 3]
     python bench/notdigit.py --cost [--model ...]
+    python bench/notdigit.py --update-card        # after a change to the pipeline or the generators
 
 Every image goes the service's way (file bytes -> service.preprocess -> the ONNX model); an image where the
 pipeline finds no digit counts as rejected (and, for a digit, as wrong). --cost measures instead what the
 digit_score output costs: process CPU time of the shipped graph vs the same graph without the digit head.
+--update-card measures the card's own test set again (its recipe and seed) and writes the figures and the two
+digit-or-not plots into the model's card, as mnist-train would: no retraining.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer import openset, synthetic  # noqa: E402
-from trainer.data import load_test  # noqa: E402
-from trainer.export import INPUT, LOGITS, PROBABILITIES  # noqa: E402
+from trainer.data import Split, load_test  # noqa: E402
+from trainer.export import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES, run_onnx  # noqa: E402
 from trainer.negatives import KINDS  # noqa: E402
+from trainer.report import plot_digit_scores, plot_mistakes, write_card  # noqa: E402
 
 
 def threshold_of(model: Path) -> float:
@@ -66,6 +71,24 @@ def cost(model: Path, batches: tuple[int, ...] = (1, 64), seconds: float = 4.0) 
             print(f"| {batch} | {base:.1f} | {full:.1f} | {100 * (full / base - 1):+.1f} % |")
 
 
+def update_card(model: Path, test: Split) -> None:
+    """The card's digit-or-not figures and plots, measured again on the card's own recipe and seed."""
+    path = model.with_suffix(".json")
+    card = json.loads(path.read_text())
+    recipe = card["not_a_digit"]["test_set"]
+    rendered = openset.test_set(test, [synthetic.Part(*part) for part in recipe["recipe"]], recipe["seed"])
+    threshold = card["digit_threshold"]
+    card["not_a_digit"].update(openset.measure(model, threshold, test, rendered))
+    write_card(path, card)
+    mnist, outputs = run_onnx(model, test.images), run_onnx(model, rendered.images)
+    folder = model.parent
+    plot_digit_scores(
+        mnist[DIGIT_SCORE], rendered, outputs[DIGIT_SCORE], threshold, folder / card["plots"]["digit_scores"]
+    )
+    plot_mistakes(test, mnist, rendered, outputs, threshold, folder / card["plots"]["mistakes"])
+    print(f"updated {path} and its digit-or-not plots")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,9 +106,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=synthetic.SEEDS["test"])
     parser.add_argument("--threshold", type=float, help="default: the model's digit_threshold metadata")
     parser.add_argument("--cost", action="store_true", help="measure the CPU cost of digit_score instead")
+    parser.add_argument("--update-card", action="store_true", help="re-measure the card's figures into it")
     args = parser.parse_args()
     if args.cost:
         cost(args.model)
+        return
+    if args.update_card:
+        update_card(args.model, load_test(args.data))
         return
 
     threshold = args.threshold if args.threshold is not None else threshold_of(args.model)

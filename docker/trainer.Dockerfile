@@ -31,6 +31,11 @@ COPY trainer/ trainer/
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-cache-dir .
 
 FROM ${PYTHON_IMAGE}
+# DejaVu fonts: the trainer prints letters, symbols and digits with them (trainer/drawing.py). Unpinned: the
+# base image's Debian release decides the version, as for any font.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core fonts-dejavu-extra \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mnist
 COPY --from=build /opt/venv /opt/venv
 # HOME in /tmp: caches (torch, matplotlib) stay writable for whatever --user compose passes.

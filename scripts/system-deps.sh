@@ -9,7 +9,8 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v dockerd >/dev/null || need+=(docker.io iptables)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v wrk >/dev/null || need+=(wrk)
-[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
+# every DejaVu face (core and extra): the synthetic images, and so the shipped card's figures, draw on all 21
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSerifCondensed-Italic.ttf ] || need+=(fonts-dejavu-core fonts-dejavu-extra)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "system-deps: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})." >&2
