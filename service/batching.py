@@ -108,16 +108,21 @@ class Batcher:
         self._queued = 0
         self._executor.shutdown(wait=True)
 
-    async def room(self, images: int) -> None:
+    async def room(self, images: int, *, admitted: bool = False) -> None:
         """Wait, first come first served and at most `queue_wait_s`, until `images` more fit in the queue;
         then 503 + Retry-After. Routes call it before reading a body whose image count the headers tell:
         a request that does not fit yet waits with its body still in the socket (TCP holds the client back
         at no cost here), so overload neither burns CPU on reading bodies it refuses nor turns clients that
-        ignore Retry-After into a busy loop of refusals."""
-        if not self._waiting and self._queued + images <= self.max_queue:
+        ignore Retry-After into a busy loop of refusals. `admitted` (predict, body read): it goes ahead of
+        the requests still waiting to be admitted, and waits only while queued images leave no room, which
+        the batcher's next run frees."""
+        if (admitted or not self._waiting) and self._queued + images <= self.max_queue:
             return
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((images, future))
+        if admitted:
+            self._waiting.appendleft((images, future))
+        else:
+            self._waiting.append((images, future))
         try:
             if images > self.max_queue:
                 raise asyncio.TimeoutError  # can never fit
@@ -157,7 +162,7 @@ class Batcher:
         k = len(x)
         if not k:
             raise Invalid("no images to predict", Reason.EMPTY_BATCH)
-        await self.room(k)
+        await self.room(k, admitted=True)
         loop = asyncio.get_running_loop()
         futures = []
         queue, part = (self._small, k) if k <= self.reserve else (self._large, self._chunk)
