@@ -191,7 +191,11 @@ def workers(server_pid: int) -> list[int]:
     """The worker processes of a multi-worker `python -m service` (multiprocessing spawns them)."""
     pids = []
     for task in Path(f"/proc/{server_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for child in children:
             try:
                 if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                     pids.append(int(child))
