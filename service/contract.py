@@ -7,7 +7,7 @@ model itself), the tests build a small model that keeps it, and the benchmarks f
   convention); normalization by the MNIST statistics happens inside the graph;
 - outputs `logits` [batch, 10], `probabilities` [batch, 10] (softmax of the calibrated logits, inside the
   graph) and optionally `digit_score` [batch] (the probability that the input is a digit at all);
-- string metadata under the keys of `Meta`; `self_test` carries reference digits in `encode_references`'s form.
+- string metadata under the keys of `Meta`; `self_test` holds reference digits (`encode_references`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+
 import numpy as np
 
 INPUT = "image"
