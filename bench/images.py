@@ -2,10 +2,10 @@
 
     MNIST_DATA_DIR=... python bench/images.py [--count 100] [--baseline 807899f] [--threads 1,2,4]
 
-Measures `service.preprocess` as the service calls it (file bytes -> load_image -> to_mnist) with
+Measures the images wing as the service calls it (file bytes -> read_grey -> to_mnist) with
 time.process_time, which other jobs on the shared cores disturb far less than wall time. `--baseline REF`
 also measures service/preprocess.py as it was at git revision REF, on the same files, side by side. The
-HTTP-level cost is bench/run.py's job. "of which decoding": load_image alone (decode to the working
+HTTP-level cost is bench/run.py's job. "of which decoding": read_grey alone (decode to the working
 resolution, orientation, transparency); the rest is the normalization. `--threads` adds a table
 of images/s (wall) and CPU per image when that many threads share the decoding of the same files, as the
 service's decoder threads do.
@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import preprocess  # noqa: E402
+from service.images import ImageError, read_digit, read_grey  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
 
@@ -129,7 +129,7 @@ def cpu_ms(run: Pipeline, files: list[bytes], rounds: int) -> float:
 
 
 def _attempt(run: Pipeline, data: bytes) -> None:
-    with contextlib.suppress(preprocess.ImageError):
+    with contextlib.suppress(ImageError):
         run(data)
 
 
@@ -170,7 +170,7 @@ def main() -> None:
     args = parser.parse_args()
 
     images, labels = mnist_test(args.data)
-    current = pipeline(preprocess)
+    current: Pipeline = lambda data: read_digit(data, MAX_PIXELS)  # noqa: E731
     baseline = pipeline(module_at(args.baseline)) if args.baseline else None
     selected = {
         name: value
@@ -191,7 +191,7 @@ def main() -> None:
     for name, (maker, target) in selected.items():
         files = files_of(maker, images, labels, args.count)
         after = cpu_ms(current, files, args.rounds)
-        decoding = cpu_ms(lambda data: preprocess.load_image(data, MAX_PIXELS), files, args.rounds)
+        decoding = cpu_ms(lambda data: read_grey(data, MAX_PIXELS), files, args.rounds)
         goal = f"<= {target:g} ms" if target else ""
         if baseline:
             before = cpu_ms(baseline, files, args.rounds)

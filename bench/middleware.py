@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import sys
@@ -26,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 # As under mnist-serve: metrics live in shared files (set before prometheus_client is imported).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-middleware-"))
 
-from service import app as service_app  # noqa: E402
+from service import logs  # noqa: E402
+from service.middleware import BodyLimit, Observe  # noqa: E402
 
 HEADERS = [
     (b"host", b"127.0.0.1:8000"),
@@ -66,10 +66,7 @@ async def send(message: dict) -> None:
 
 
 def observe(app):
-    """Observe as this checkout defines it (its signature changed when the access log was added)."""
-    if "access_log" in inspect.signature(service_app.Observe).parameters:
-        return service_app.Observe(app, access_log=service_app.logs.access_enabled(Args.log_format))
-    return service_app.Observe(app)
+    return Observe(app, access_log=logs.access_enabled(Args.log_format))
 
 
 class Args:
@@ -94,13 +91,13 @@ def main() -> None:
     args = parser.parse_args()
     Args.log_format = args.log_format
     if args.log_format == "json":
-        service_app.logs.configure("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115
+        logs.configure("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115
     else:
         logging.disable(logging.CRITICAL)
     stacks = {
         "bare endpoint": endpoint,
-        "BodyLimit": service_app.BodyLimit(endpoint, max_bytes=8 << 20),
-        "Observe + BodyLimit": observe(service_app.BodyLimit(endpoint, max_bytes=8 << 20)),
+        "BodyLimit": BodyLimit(endpoint, max_bytes=8 << 20),
+        "Observe + BodyLimit": observe(BodyLimit(endpoint, max_bytes=8 << 20)),
     }
     best = {name: float("inf") for name in stacks}
     for _ in range(args.repeat):

@@ -2,7 +2,7 @@
 
     MNIST_DATA_DIR=... python bench/realworld.py [--per-kind 300] [--model models/lenet5.onnx]
 
-Every image goes the service's way: file bytes -> service.preprocess.load_image -> to_mnist -> the ONNX model.
+Every image goes the service's way: file bytes -> service.images.read_grey -> to_mnist -> the ONNX model.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.preprocess import ImageError, load_image, to_mnist  # noqa: E402
-from service.runtime import PROBABILITIES, ModelRuntime  # noqa: E402
+from service.contract import PROBABILITIES  # noqa: E402
+from service.images import ImageError, read_grey, to_mnist  # noqa: E402
+from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings, cores  # noqa: E402
 from trainer.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
 
@@ -40,7 +41,7 @@ def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]
     start = time.process_time()
     for i, data in enumerate(files):
         try:
-            out[i] = to_mnist(load_image(data, MAX_PIXELS))
+            out[i] = to_mnist(read_grey(data, MAX_PIXELS))
             ok[i] = True
         except ImageError:
             pass

@@ -47,7 +47,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.model import references  # noqa: E402
+from service.loading import references  # noqa: E402
 from tests.liveserver import run_server  # noqa: E402
 from tests.service_model import build_model  # noqa: E402
 from trainer.realistic import encode  # noqa: E402

@@ -1,4 +1,4 @@
-"""The FastAPI application: lifespan (load, warm up, batch), middleware, JSON error handlers."""
+"""The FastAPI application: lifespan (load, warm up, serve), routers, middleware, JSON error handlers."""
 
 from __future__ import annotations
 
@@ -9,23 +9,21 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import Histogram
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
-from service import errors, logs, metrics, openapi, requestid
-from service.decoding import ImageDecoder
-from service.errors import ApiError, Internal, Invalid, Reason, TooLarge
-from service.model import load
+from service import errors, logs, openapi
+from service.errors import ApiError, Internal, Reason, Unprocessable
+from service.images.pool import DecodePool
+from service.loading import load
+from service.middleware import BodyLimit, Observe
 from service.repository import ModelRepository
 from service.routers import health, page, predict, repository, v2
 from service.runtime import ModelRuntime
@@ -34,27 +32,15 @@ from service.settings import Settings
 log = logging.getLogger("service")
 
 
-def error_response(exc: ApiError, scope: Scope) -> JSONResponse:
-    """`{"error": message, "request_id": id}` with the status and headers, counted by reason; the reason
-    also goes on the request's state for its access record."""
-    metrics.ERRORS.labels(exc.reason.value, str(exc.status)).inc()
-    state = scope.get("state", {})
-    state["reason"] = exc.reason.value
-    body = {"error": exc.message}
-    if "request_id" in state:
-        body["request_id"] = state["request_id"]
-    return JSONResponse(body, exc.status, headers=exc.headers)
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return errors.response(exc, request.scope)
 
 
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc, request.scope)
-
-
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:  # Starlette's Allow names the methods of one route; a path can have several
         headers["Allow"] = ", ".join(_methods(request))
-    return error_response(errors.from_status(exc.status_code, str(exc.detail), headers), request.scope)
+    return errors.response(errors.from_status(exc.status_code, str(exc.detail), headers), request.scope)
 
 
 HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -71,11 +57,11 @@ def _methods(request: Request) -> list[str]:
     ]
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     problems = "; ".join(
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
     )
-    return error_response(Invalid(problems or "invalid request", Reason.VALIDATION), request.scope)
+    return errors.response(Unprocessable(problems or "invalid request", Reason.VALIDATION), request.scope)
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -85,112 +71,15 @@ async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
     return Response(status_code=499)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     """Starlette sends this response outside every middleware, so it sets X-Request-ID itself."""
     request_id = request.scope.get("state", {}).get("request_id", "")
     log.exception(
         "unexpected error on %s %s", request.method, request.url.path, extra={"request_id": request_id}
     )
-    response = error_response(Internal("internal server error", Reason.INTERNAL), request.scope)
+    response = errors.response(Internal("internal server error", Reason.INTERNAL), request.scope)
     response.headers["x-request-id"] = request_id
     return response
-
-
-class BodyLimit:
-    """Refuses bodies above max_bytes: by Content-Length before reading, else while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> TooLarge:
-        return TooLarge(f"request body exceeds {self.max_bytes} bytes", Reason.BODY_TOO_LARGE)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await error_response(self._too_large(), scope)(scope, receive, send)
-                return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise self._too_large()
-            return message
-
-        await self.app(scope, limited, send)
-
-
-class Observe:
-    """Everything that watches a request, in one pure ASGI layer (each layer costs a call chain per
-    request): its ID (X-Request-ID in and out, on the scope state for error bodies and logs), duration by
-    route template, method and status, requests in flight, and with MNIST_LOG_FORMAT=json one access
-    record. Routes that predict put `model_version` on the state; error responses put `reason`."""
-
-    def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
-        self.app = app
-        self.access_log = access_log
-        self.ids = requestid.IdSource()
-        self.durations: dict[tuple[str, str, int], Histogram] = {}  # children; labels() takes a lock
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        given = dict(scope["headers"]).get(requestid.HEADER)
-        request_id = given.decode() if given and requestid.sane(given) else self.ids.next()
-        state = scope.setdefault("state", {})  # uvicorn gives each request a copy of the lifespan state
-        state["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
-        status = 500
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        metrics.IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, send_observed)
-        finally:
-            metrics.IN_FLIGHT.dec()
-            seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
-            key = (route, scope["method"], status)
-            duration = self.durations.get(key)
-            if duration is None:
-                duration = self.durations[key] = metrics.REQUEST_DURATION.labels(route, key[1], str(status))
-            duration.observe(seconds)
-            if self.access_log:
-                self._log(scope, state, route, status, seconds)
-
-    @staticmethod
-    def _log(scope: Scope, state: dict[str, Any], route: str, status: int, seconds: float) -> None:
-        logs.ACCESS.info(
-            "%s %s %d",
-            scope["method"],
-            route,
-            status,
-            extra={
-                "event": "request",
-                "request_id": state["request_id"],
-                "method": scope["method"],
-                "route": route,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                "model_version": state.get("model_version"),
-                "reason": state.get("reason"),
-            },
-        )
 
 
 async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
@@ -222,7 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model (a failure stops startup), then verify and serve it in the background."""
     settings: Settings = app.state.settings
     runtime = await asyncio.to_thread(load, settings)
-    app.state.decoder = ImageDecoder(
+    app.state.decode_pool = DecodePool(
         max_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
         max_waiting=settings.max_image_queue,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.errors import Busy, Invalid, Reason, Timeout
+from service.errors import Busy, Reason, Timeout, Unprocessable
 
 Outputs = dict[str, np.ndarray]
 
@@ -161,7 +161,7 @@ class Batcher:
         """Outputs for `x` [k, *item_shape]; large inputs run in parts, over several batches."""
         k = len(x)
         if not k:
-            raise Invalid("no images to predict", Reason.EMPTY_BATCH)
+            raise Unprocessable("no images to predict", Reason.EMPTY_BATCH)
         await self.room(k, admitted=True)
         loop = asyncio.get_running_loop()
         futures = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 
 from fastapi import Request
 from pydantic import SecretStr
@@ -17,6 +18,12 @@ def repository(request: Request) -> ModelRepository:
     return request.app.state.models
 
 
+def lease(request: Request) -> AbstractContextManager[ServedModel]:
+    """`with lease(request) as model:` the serving model for the whole request (503 while loading): a
+    reload meanwhile swaps what later requests get, never this one's."""
+    return repository(request).lease()
+
+
 async def ready_model(request: Request) -> ServedModel:
     """The serving model; 503 while the worker is still loading or warming up."""
     return repository(request).get()
@@ -25,12 +32,9 @@ async def ready_model(request: Request) -> ServedModel:
 async def served_model(name: str, request: Request) -> AsyncIterator[ServedModel]:
     """The serving model, held for the whole request, if the path's {name} names it; 404 for any other
     name, 503 while loading. (async: FastAPI would run a plain def in the threadpool, a hop per request.)"""
-    models = repository(request)
-    if name != models.get().name:
-        raise NotFound(
-            f"unknown model {name!r}; this server serves {models.get().name!r}", Reason.UNKNOWN_MODEL
-        )
-    with models.lease() as model:
+    with lease(request) as model:
+        if name != model.name:
+            raise NotFound(f"unknown model {name!r}; this server serves {model.name!r}", Reason.UNKNOWN_MODEL)
         yield model
 
 
@@ -53,8 +57,6 @@ async def require_admin_key(request: Request) -> None:
     they need `Authorization: Bearer <admin key>`."""
     key = request.app.state.settings.admin_key
     if key is None:
-        raise Forbidden(
-            "the model repository API is disabled: set MNIST_ADMIN_KEY to enable it", Reason.FORBIDDEN
-        )
+        raise Forbidden("the model repository API is disabled: set MNIST_ADMIN_KEY to enable it")
     if not _bearer_matches(request, key):
         raise Unauthorized("missing or invalid admin key (Authorization: Bearer <MNIST_ADMIN_KEY>)")

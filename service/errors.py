@@ -1,14 +1,21 @@
 """The errors a client can get: one class per status, one set of reason labels.
 
-Every refusal is `{"error": "<message>"}` with the status of its class; `reason` is the stable label of the
-`mnist_errors` metric. Raise e.g. `Busy("server busy: ...", Reason.QUEUE_FULL)`: the status, Retry-After and
-the metric label follow from the class and the reason, never from literals at the raise.
+Every refusal is `{"error": "<message>", "request_id": "..."}` (`body`) with the status of its class;
+`reason` is the stable label of the `mnist_errors` metric. Raise e.g. `Busy("server busy: ...",
+Reason.QUEUE_FULL)`: the status, Retry-After and the metric label follow from the class and the reason, never
+from literals at the raise.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 from typing import ClassVar
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Scope
+
+from service import metrics
 
 
 class Reason(str, Enum):
@@ -49,38 +56,47 @@ class Reason(str, Enum):
 
 
 class ApiError(Exception):
-    """A request the service refuses. Subclasses fix the status; `headers` adds response headers."""
+    """A request the service refuses. Subclasses fix the status (and a default reason); `headers` adds
+    response headers."""
 
     status: ClassVar[int] = 500
+    default_reason: ClassVar[Reason] = Reason.INTERNAL
 
-    def __init__(self, message: str, reason: Reason, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, reason: Reason | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason
+        self.reason = reason or self.default_reason
         self.headers = headers or {}
 
 
 class BadRequest(ApiError):
     status = 400
+    default_reason = Reason.INVALID_REQUEST
 
 
 class Unauthorized(ApiError):
     status = 401
+    default_reason = Reason.UNAUTHORIZED
 
-    def __init__(self, message: str, reason: Reason = Reason.UNAUTHORIZED) -> None:
-        super().__init__(message, reason, {"WWW-Authenticate": "Bearer"})
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(ApiError):
     status = 403
+    default_reason = Reason.FORBIDDEN
 
 
 class NotFound(ApiError):
     status = 404
+    default_reason = Reason.NOT_FOUND
 
 
 class MethodNotAllowed(ApiError):
     status = 405
+    default_reason = Reason.METHOD_NOT_ALLOWED
 
 
 class RequestTimeout(ApiError):
@@ -93,17 +109,18 @@ class TooLarge(ApiError):
 
 class Unsupported(ApiError):
     status = 415
-
-    def __init__(self, message: str, reason: Reason = Reason.UNSUPPORTED_MEDIA_TYPE) -> None:
-        super().__init__(message, reason)
+    default_reason = Reason.UNSUPPORTED_MEDIA_TYPE
 
 
-class Invalid(ApiError):
+class Unprocessable(ApiError):
+    """422: well-formed HTTP whose content is wrong (JSON, pixels, an image, no digit)."""
+
     status = 422
 
 
 class HeadTooLarge(ApiError):
     status = 431
+    default_reason = Reason.HEAD_TOO_LARGE
 
 
 class Busy(ApiError):
@@ -117,18 +134,14 @@ class Busy(ApiError):
 
 class Timeout(ApiError):
     status = 504
-
-    def __init__(self, message: str, reason: Reason = Reason.TIMEOUT) -> None:
-        super().__init__(message, reason)
+    default_reason = Reason.TIMEOUT
 
 
 class ClientClosed(ApiError):
     """499 (nginx's "client closed request"): nobody receives it; it counts work stopped for a client gone."""
 
     status = 499
-
-    def __init__(self, message: str, reason: Reason = Reason.CLIENT_CLOSED) -> None:
-        super().__init__(message, reason)
+    default_reason = Reason.CLIENT_CLOSED
 
 
 class Internal(ApiError):
@@ -137,7 +150,7 @@ class Internal(ApiError):
 
 BY_STATUS: dict[int, type[ApiError]] = {
     cls.status: cls
-    for cls in (BadRequest, Forbidden, NotFound, MethodNotAllowed, TooLarge, Invalid, Internal)
+    for cls in (BadRequest, Forbidden, NotFound, MethodNotAllowed, TooLarge, Unprocessable, Internal)
 }
 
 
@@ -148,3 +161,25 @@ def from_status(status: int, message: str, headers: dict[str, str] | None = None
     if type(error) is ApiError:  # a status without its own class keeps the one Starlette chose
         error.status = status  # type: ignore[misc]
     return error
+
+
+def body(error: ApiError, request_id: str | None = None) -> bytes:
+    """The JSON body of every error response, from the app (`response`) and the HTTP-limits protocol alike."""
+    content = {"error": error.message}
+    if request_id is not None:
+        content["request_id"] = request_id
+    return orjson.dumps(content)
+
+
+def count(error: ApiError) -> None:
+    """Every refusal is counted by reason and status, whether or not an answer can still be sent."""
+    metrics.ERRORS.labels(error.reason.value, str(error.status)).inc()
+
+
+def response(error: ApiError, scope: Scope) -> Response:
+    """The error as the app answers it, counted: the request's ID in the body, and its reason on the
+    request's state for the access record."""
+    count(error)
+    state = scope.get("state", {})
+    state["reason"] = error.reason.value
+    return Response(body(error, state.get("request_id")), error.status, error.headers, "application/json")

@@ -38,12 +38,11 @@ import asyncio
 from functools import partial
 from typing import Any
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service import metrics
+from service import errors
 from service.errors import ApiError, BadRequest, Busy, HeadTooLarge, Reason, RequestTimeout
 from service.settings import Settings
 
@@ -186,7 +185,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         connection there is no room for ours: the connection ends now (body) or after that response (head)."""
         self._refused = True
         self._cancel()
-        metrics.ERRORS.labels(error.reason.value, str(error.status)).inc()
+        errors.count(error)
         cycle = self.cycle
         if self._phase is BODY:
             if cycle.response_started or self.pipeline:
@@ -202,7 +201,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _response(self, error: ApiError) -> bytes:
-        body = orjson.dumps({"error": error.message})
+        body = errors.body(error)
         headers = [
             *self.server_state.default_headers,
             (b"content-type", b"application/json"),

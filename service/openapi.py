@@ -14,11 +14,11 @@ from service.errors import (
     BadRequest,
     Busy,
     Forbidden,
-    Invalid,
     NotFound,
     Timeout,
     TooLarge,
     Unauthorized,
+    Unprocessable,
     Unsupported,
 )
 
@@ -39,7 +39,7 @@ _DESCRIPTIONS: dict[type[ApiError], str] = {
     "MNIST_MAX_IMAGE_PIXELS",
     Unsupported: "content type or Content-Encoding not accepted here, or an image format other than PNG, "
     "JPEG, BMP, GIF, WebP or TIFF",
-    Invalid: "invalid input; the message says what and where (including `no digit found`)",
+    Unprocessable: "invalid input; the message says what and where (including `no digit found`)",
     Busy: "the model is loading, or the batching or decoding queue is full: retry after Retry-After seconds",
     Timeout: "the request did not finish within MNIST_REQUEST_TIMEOUT_S",
 }

@@ -22,9 +22,10 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-from service import fleet, metrics
+from service import fleet, memory, metrics
 from service.errors import Busy, Reason
-from service.model import ServedModel, prepare, release_memory, verify
+from service.loading import prepare, verify
+from service.model import ServedModel
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
 
@@ -41,9 +42,7 @@ class ModelRepository:
         self.last_reload: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        for (
-            result
-        ) in RESULTS:  # every series exists from the start, so rates and dashboards read 0, not nothing
+        for result in RESULTS:  # every series exists from the start: rates and dashboards read 0, not nothing
             metrics.RELOADS.labels(result)
 
     # --- what the routes use -------------------------------------------------------------------------
@@ -139,7 +138,7 @@ class ModelRepository:
                 )
             fleet.publish(self.status())
             if result == "refused":  # the candidate's session lives on in the error's frames until collected
-                await asyncio.to_thread(release_memory)
+                await asyncio.to_thread(memory.release)
             return self.last_reload
 
     def _activate(self, runtime: ModelRuntime) -> None:

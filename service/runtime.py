@@ -12,16 +12,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.contract import DIGIT_SCORE, PIXEL_MAX, PROBABILITIES, Meta
+
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # cuDNN's heuristic conv-algorithm choice: a new batch shape costs no exhaustive benchmark run.
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
-# The output the predict routes read; the contract names it, the model must have it.
-PROBABILITIES = "probabilities"
-# Optional: the probability that the input is a digit at all, [N]; the model card's threshold goes with it.
-DIGIT_SCORE = "digit_score"
 
 # onnxruntime type strings -> (KServe V2 datatype, numpy dtype).
 _TYPES = {
@@ -140,8 +138,8 @@ class ModelRuntime:
             raise ModelLoadError(f"the {DIGIT_SCORE!r} output must be shaped [N]: {self.outputs}")
 
         self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map
-        self.name = self.metadata.get("name", path.stem)
-        self.version = self.metadata.get("version", "0")
+        self.name = self.metadata.get(Meta.NAME, path.stem)
+        self.version = self.metadata.get(Meta.VERSION, "0")
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.card = read_card(path.with_suffix(".json"), self.sha256)
         log.info(
@@ -181,7 +179,7 @@ class ModelRuntime:
     def from_pixels(self, images: np.ndarray) -> np.ndarray:
         """uint8 images [n, ...] of h*w values each (0..255, MNIST convention) -> model input
         [n, *item_shape] in [0, 1]."""
-        return np.divide(images, 255, dtype=self.input.dtype).reshape(len(images), *self.item_shape)
+        return np.divide(images, PIXEL_MAX, dtype=self.input.dtype).reshape(len(images), *self.item_shape)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for a batch shaped like the model input."""
@@ -203,7 +201,7 @@ class ModelRuntime:
             "name": self.name,
             "version": self.version,
             "sha256": self.sha256,
-            "test_accuracy": self.card.get("test_accuracy", _number(self.metadata.get("test_accuracy"))),
+            "test_accuracy": self.card.get("test_accuracy", _number(self.metadata.get(Meta.TEST_ACCURACY))),
             "providers": self.providers,
             "inputs": [spec.as_dict() for spec in self.inputs],
             "outputs": [spec.as_dict() for spec in self.outputs],

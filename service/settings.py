@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         default_factory=lambda: cores(), ge=1, description="worker processes (--workers overrides)"
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per worker; 0: cores // workers")
+    # uvicorn's default is 5 s; a worker starved of CPU (a 2-core host at load 10, bench/reload.py) was killed
+    # with requests in flight. gunicorn waits 30 s.
+    worker_healthcheck_s: float = Field(
+        30.0, gt=0.0, description="a worker that does not answer the supervisor's ping this long is replaced"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -1,14 +1,51 @@
-"""The process that starts the worker processes, restarts dead ones, and keeps /metrics right after."""
+"""The process that starts the worker processes, restarts dead ones, and keeps /metrics right after; the
+listening sockets its workers share."""
 
 from __future__ import annotations
 
 import os
 import signal
-from socket import socket
+import socket
+from collections.abc import Callable
+from typing import NoReturn
 
+import uvicorn
 from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors import Multiprocess
+
+from service import fleet, logs
+from service.http_limits import uvicorn_options
+from service.settings import Settings
+
+
+def serve(settings: Settings, host: str, port: int, workers: int, stop: Callable[..., NoReturn]) -> None:
+    """uvicorn on host:port until a graceful shutdown: in this process for one worker, else `workers`
+    processes under the Supervisor. `stop(message, code)` ends the server with a reason."""
+    config = uvicorn.Config(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        log_config=logs.uvicorn_config(settings.log_format, settings.log_level),
+        access_log=False,  # service/middleware.py's Observe writes one record per request in JSON format
+        timeout_worker_healthcheck=settings.worker_healthcheck_s,
+        **uvicorn_options(settings),
+    )
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    try:
+        listener = _bind(host, port, exclusive=True)
+    except OSError as exc:
+        stop(f"mnist-serve: cannot listen on {host}:{port}: {exc}")
+    os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
+    supervisor = Supervisor(config, sockets=[listener])
+    supervisor.run()
+    if supervisor.startup_failed:
+        stop("mnist-serve: a worker could not serve the model (see above)", STARTUP_FAILURE)
 
 
 class Supervisor(Multiprocess):
@@ -27,7 +64,7 @@ class Supervisor(Multiprocess):
     worker has started, its end is the worker's alone: we close our copy, and its death reads as end-of-file.
     """
 
-    def __init__(self, config: Config, sockets: list[socket]) -> None:
+    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
         super().__init__(config, sockets)
         self._pids: set[int] = set()
 
@@ -66,3 +103,28 @@ class Supervisor(Multiprocess):
         for pid in workers.keys() - self._pids:
             workers[pid].child_conn.close()
         self._pids = set(workers)
+
+
+class _WorkerListener(socket.socket):
+    """The listening address; every worker process uvicorn (re)starts binds its own copy with SO_REUSEPORT.
+
+    With one shared listening socket, whichever worker is awake accepts a whole burst of connections
+    (libuv accepts until the queue is empty): 32 keep-alive clients all landed on one of two workers, and
+    the other idled. One socket per worker lets the kernel spread connections by address hash. uvicorn
+    hands each worker a pickled copy of its sockets; unpickling this one binds a fresh socket.
+    """
+
+    def __reduce__(self) -> tuple:
+        return _bind, self.getsockname()[:2]
+
+
+def _bind(host: str, port: int, *, exclusive: bool = False) -> _WorkerListener:
+    """A socket on host:port in the SO_REUSEPORT group. `exclusive` binds before joining, so it fails if
+    anything (even an older copy of this server) already listens there."""
+    sock = _WorkerListener(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not exclusive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock

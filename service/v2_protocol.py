@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.codecs import check_count
 from service.errors import BadRequest, Reason, TooLarge, Unsupported
+from service.pixels import check_count
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from service.model import SHIPPED_REFERENCES, references
+from service.loading import SHIPPED_REFERENCES, references
 
 NAME, VERSION, TEST_ACCURACY, DIGIT_THRESHOLD = "lenet5", "0.0.1-test", 0.5, 0.5
 

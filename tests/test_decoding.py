@@ -1,4 +1,4 @@
-"""ImageDecoder: a few decodes at a time, a bounded queue (503), deadlines (504), the request's pixel budget
+"""DecodePool: a few decodes at a time, a bounded queue (503), deadlines (504), the request's pixel budget
 (413 before decoding) and work stopped for a client that has gone (499)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.decoding import ImageDecoder
 from service.errors import ApiError
+from service.images.pool import DecodePool
 from trainer.realistic import encode, large_canvas
 
 
@@ -47,12 +47,12 @@ def claimed_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100)))
 
 
-def decoder(**kwargs: float) -> ImageDecoder:
+def decoder(**kwargs: float) -> DecodePool:
     settings = {"max_pixels": 40_000_000, "max_request_pixels": 100_000_000, "max_waiting": 4}
-    return ImageDecoder(**{**settings, "timeout_s": 5, "threads": 1, **kwargs})
+    return DecodePool(**{**settings, "timeout_s": 5, "threads": 1, **kwargs})
 
 
-class HeldDecoder(ImageDecoder):
+class HeldDecoder(DecodePool):
     """Each decode signals `decoding`, then waits for `go`: the test decides when it finishes."""
 
     def __init__(self, **kwargs: float) -> None:
@@ -63,7 +63,7 @@ class HeldDecoder(ImageDecoder):
         self.decoding = threading.Event()
         self.go = threading.Event()
 
-    def _decode(self, *args: object) -> np.ndarray:
+    def _run(self, *args: object) -> list[np.ndarray]:
         with self.lock:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
@@ -71,19 +71,19 @@ class HeldDecoder(ImageDecoder):
         self.go.wait(10)
         with self.lock:
             self.active -= 1
-        return super()._decode(*args)
+        return super()._run(*args)
 
 
-class CountingDecoder(ImageDecoder):
+class CountingDecoder(DecodePool):
     """Counts the images it starts to decode (the real decoding runs)."""
 
     def __init__(self, **kwargs: float) -> None:
         super().__init__(**kwargs)
         self.started = 0
 
-    def _image(self, *args: object) -> np.ndarray:
+    def _each(self, *args: object) -> np.ndarray:
         self.started += 1
-        return super()._image(*args)
+        return super()._each(*args)
 
 
 async def until(condition, timeout: float = 5.0) -> None:
@@ -95,7 +95,7 @@ async def until(condition, timeout: float = 5.0) -> None:
 
 @pytest.mark.anyio
 async def test_decodes_images_in_order() -> None:
-    images = await decoder().decode([png((40, 20, 60, 80)), png((10, 10, 90, 30))])
+    images = await decoder().digits([png((40, 20, 60, 80)), png((10, 10, 90, 30))])
     assert images.shape == (2, 28, 28) and images.dtype == np.uint8
     tall, wide = images.astype(bool)
     assert tall.any(axis=1).sum() > tall.any(axis=0).sum()  # a tall bar stays tall
@@ -111,7 +111,7 @@ async def test_beyond_the_threads_and_the_queue_answers_503_and_queued_requests_
     results: list[np.ndarray] = []
 
     async def decode() -> None:
-        results.append(await decoder.decode([png()]))
+        results.append(await decoder.digits([png()]))
 
     async with anyio.create_task_group() as group:
         for _ in range(threads):
@@ -121,7 +121,7 @@ async def test_beyond_the_threads_and_the_queue_answers_503_and_queued_requests_
         await until(lambda: decoder.waiting == 1)
         started = time.monotonic()
         with pytest.raises(ApiError) as refused:
-            await decoder.decode([png()])
+            await decoder.digits([png()])
         assert time.monotonic() - started < 1
         assert (refused.value.status, refused.value.reason) == (503, "decode_queue_full")
         assert refused.value.headers == {"Retry-After": "1"}
@@ -137,9 +137,9 @@ async def test_a_tiny_image_is_decoded_at_once_even_while_every_thread_is_busy()
     digit = np.zeros((28, 28), np.uint8)
     digit[4:24, 12:16] = 255  # an MNIST-style "1"
     async with anyio.create_task_group() as group:
-        group.start_soon(decoder.decode, [png()])  # holds the only thread until `go`
+        group.start_soon(decoder.digits, [png()])  # holds the only thread until `go`
         await until(decoder.decoding.is_set)
-        (seen,) = await decoder.decode([encode(Image.fromarray(digit), "PNG")])
+        (seen,) = await decoder.digits([encode(Image.fromarray(digit), "PNG")])
         assert seen[14, 14] == 255 and seen[14, 4] == 0
         decoder.go.set()
 
@@ -151,14 +151,14 @@ async def test_wait_past_the_deadline_answers_504_and_frees_its_place() -> None:
 
     async def hold() -> None:
         with pytest.raises(ApiError) as error:
-            await decoder.decode([png()])
+            await decoder.digits([png()])
         held.append(error.value)
 
     async with anyio.create_task_group() as group:
         group.start_soon(hold)  # holds the turn until `go`
         await until(decoder.decoding.is_set)
         with pytest.raises(ApiError) as late:
-            await decoder.decode([png()])
+            await decoder.digits([png()])
         assert (late.value.status, late.value.reason) == (504, "timeout")
         assert "did not start within 0.1 s" in late.value.message
         assert decoder.waiting == 0
@@ -166,20 +166,20 @@ async def test_wait_past_the_deadline_answers_504_and_frees_its_place() -> None:
     # the held request ran past its own deadline: it stops before its first image, also with 504
     assert [(error.status, error.reason) for error in held] == [(504, "timeout")]
     assert "did not finish within 0.1 s" in held[0].message
-    assert (await decoder.decode([png()])).shape == (1, 28, 28)  # the turn was given back
+    assert (await decoder.digits([png()])).shape == (1, 28, 28)  # the turn was given back
 
 
 @pytest.mark.anyio
 async def test_request_pixel_budget_is_checked_from_the_headers_before_decoding() -> None:
     files = [png(), claimed_png(3000, 3000), png()]  # 9.02 Mpx in all; the second cannot be decoded
     with pytest.raises(ApiError) as corrupt:
-        await decoder(max_request_pixels=10_000_000).decode(files)
+        await decoder(max_request_pixels=10_000_000).digits(files)
     assert (corrupt.value.status, corrupt.value.reason) == (422, "corrupt_image")  # decoding was reached
     counting = CountingDecoder(
         max_pixels=40_000_000, max_request_pixels=9_000_000, max_waiting=4, timeout_s=5, threads=1
     )
     with pytest.raises(ApiError) as refused:
-        await counting.decode(files)
+        await counting.digits(files)
     assert (refused.value.status, refused.value.reason) == (413, "request_too_large")
     assert refused.value.message == (
         "images too large: 9020000 pixels in this request, more than 9000000; send fewer or smaller images"
@@ -199,11 +199,11 @@ async def test_work_for_a_client_that_has_gone_stops(canvas_4k: bytes) -> None:
         return time.monotonic() > gone_at
 
     with pytest.raises(ApiError) as stopped:
-        await counting.decode(files, disconnected)
+        await counting.digits(files, disconnected)
     assert (stopped.value.status, stopped.value.reason) == (499, "client_closed")
     assert 1 <= counting.started < len(files) // 2
     # the same work for a client that stays runs to the end
-    assert (await counting.decode(files[:2], _false)).shape == (2, 28, 28)
+    assert (await counting.digits(files[:2], _false)).shape == (2, 28, 28)
 
 
 async def _false() -> bool:
@@ -217,7 +217,7 @@ async def test_a_batch_past_its_deadline_stops_with_504(canvas_4k: bytes) -> Non
     )
     started = time.monotonic()
     with pytest.raises(ApiError) as late:
-        await counting.decode([canvas_4k] * 12)
+        await counting.digits([canvas_4k] * 12)
     assert (late.value.status, late.value.reason) == (504, "timeout")
     assert "did not finish within 0.3 s" in late.value.message
     assert counting.started < 12 and time.monotonic() - started < 5

@@ -11,15 +11,17 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageOps
 
-from service import preprocess
-from service.preprocess import (
+from service.images import (
     CorruptImage,
     ImageTooLarge,
     NoDigitFound,
     UnsupportedFormat,
-    load_image,
+    normalize,
+    read_digit,
+    read_grey,
     to_mnist,
 )
+from service.images import decode as decoding
 from tests.liveserver import ROOT
 from trainer.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
 
@@ -32,7 +34,7 @@ def mnist(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def process(data: bytes) -> np.ndarray:
-    return to_mnist(load_image(data, MAX_PIXELS))
+    return read_digit(data, MAX_PIXELS)
 
 
 def assert_mnist_like(digit: np.ndarray) -> None:
@@ -104,7 +106,7 @@ def test_noise_and_specks_alone_have_no_digit(seed: int) -> None:
 def test_pixel_limit_is_checked_before_decoding() -> None:
     big = encode(Image.new("L", (2000, 1000)), "PNG")
     with pytest.raises(ImageTooLarge, match="more than 1000000 pixels"):
-        load_image(big, max_pixels=1_000_000)
+        read_grey(big, max_pixels=1_000_000)
 
     # a 10-gigapixel PNG claimed by a tiny file: refused without decoding anything
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -113,7 +115,7 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000)))
     with pytest.raises(ImageTooLarge):
-        load_image(bomb + chunk(b"IEND", b""), max_pixels=MAX_PIXELS)
+        read_grey(bomb + chunk(b"IEND", b""), max_pixels=MAX_PIXELS)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +132,7 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
 )
 def test_undecodable_bytes_are_refused_clearly(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error, match=r"\w"):
-        load_image(data, MAX_PIXELS)
+        read_grey(data, MAX_PIXELS)
 
 
 def test_exif_orientation_is_honoured(mnist: tuple[np.ndarray, np.ndarray]) -> None:
@@ -145,7 +147,7 @@ def test_exif_orientation_is_honoured(mnist: tuple[np.ndarray, np.ndarray]) -> N
         exif = Image.Exif()
         exif[0x0112] = orientation
         stored = encode(upright.transpose(turn), "JPEG", quality=95, exif=exif.tobytes())
-        loaded = load_image(stored, MAX_PIXELS)
+        loaded = read_grey(stored, MAX_PIXELS)
         assert loaded.size == upright.size
         assert np.abs(to_mnist(loaded).astype(int) - expected).mean() < 8
 
@@ -153,7 +155,7 @@ def test_exif_orientation_is_honoured(mnist: tuple[np.ndarray, np.ndarray]) -> N
 def test_transparent_canvas_is_composited_onto_white() -> None:
     rgba = np.zeros((100, 100, 4), np.uint8)  # black RGB under alpha 0, as canvas.toDataURL() exports
     rgba[20:80, 45:55, 3] = 255  # a black "1"
-    image = load_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), MAX_PIXELS)
+    image = read_grey(encode(Image.fromarray(rgba, "RGBA"), "PNG"), MAX_PIXELS)
     pixels = np.asarray(image.convert("L"))
     assert pixels[0, 0] == 255 and pixels[50, 50] == 0
     digit = to_mnist(image)
@@ -163,7 +165,7 @@ def test_transparent_canvas_is_composited_onto_white() -> None:
 def test_light_strokes_on_a_transparent_canvas_stay_visible() -> None:
     rgba = np.zeros((100, 100, 4), np.uint8)
     rgba[20:80, 45:55] = 255  # white stroke, opaque
-    assert to_mnist(load_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), MAX_PIXELS))[14, 14] == 255
+    assert read_digit(encode(Image.fromarray(rgba, "RGBA"), "PNG"), MAX_PIXELS)[14, 14] == 255
 
 
 def test_animated_gif_uses_the_first_frame() -> None:
@@ -181,15 +183,15 @@ def test_grey_16_bit_tiff_is_read() -> None:
     pixels = np.full((120, 90), 60000, np.uint16)
     pixels[20:100, 40:50] = 3000
     data = encode(Image.fromarray(pixels), "TIFF")
-    assert to_mnist(load_image(data, MAX_PIXELS))[14, 14] == 255
+    assert read_digit(data, MAX_PIXELS)[14, 14] == 255
 
 
 def fast_and_full(files: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each clean file through the fast path and through the full photo pipeline."""
     out = []
     for data in files:
-        image = load_image(data, MAX_PIXELS)
-        assert preprocess._clean_ink(np.asarray(image)) is not None  # the fast path is really taken
+        image = read_grey(data, MAX_PIXELS)
+        assert normalize._clean_ink(np.asarray(image)) is not None  # the fast path is really taken
         out.append((to_mnist(image).astype(int), to_mnist(image, fast=False).astype(int)))
     return out
 
@@ -221,21 +223,21 @@ def test_the_fast_path_gives_canvas_exports_as_the_full_pipeline_does(
 @pytest.mark.parametrize("kind", ["paper scan", "JPEG q25-60", "lined paper", "phone photo 1200x1600"])
 def test_photos_take_the_full_pipeline(kind: str, mnist: tuple[np.ndarray, np.ndarray]) -> None:
     for data, _ in generate(kind, *mnist, count=3, seed=4):
-        assert preprocess._clean_ink(np.asarray(load_image(data, MAX_PIXELS))) is None
+        assert normalize._clean_ink(np.asarray(read_grey(data, MAX_PIXELS))) is None
 
 
 @pytest.mark.parametrize(
     ("size", "fmt"), [((1200, 1600), "JPEG"), ((4000, 3000), "JPEG"), ((2500, 900), "PNG")]
 )
 def test_large_images_are_decoded_to_the_working_resolution(size: tuple[int, int], fmt: str) -> None:
-    image = load_image(encode(Image.new("RGB", size, (230, 230, 230)), fmt), MAX_PIXELS)
+    image = read_grey(encode(Image.new("RGB", size, (230, 230, 230)), fmt), MAX_PIXELS)
     assert image.mode == "L"
-    assert preprocess.WORK_SIDE <= max(image.size) < 2 * preprocess.WORK_SIDE
+    assert decoding.WORK_SIDE <= max(image.size) < 2 * decoding.WORK_SIDE
     assert abs(image.width / image.height - size[0] / size[1]) < 0.02
 
 
 def test_a_large_transparent_canvas_gives_the_same_digit_as_a_small_one() -> None:
     """The large one is reduced band by band with premultiplied alpha; the small one needs no reduction."""
-    small, large = (to_mnist(load_image(large_canvas(side), MAX_PIXELS)) for side in (320, 4800))
+    small, large = (read_digit(large_canvas(side), MAX_PIXELS) for side in (320, 4800))
     assert np.abs(small.astype(int) - large).mean() < 8
     assert small[14, 14] == large[14, 14] == 255

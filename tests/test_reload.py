@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from bench.reload import SHORT, Reload, Sample, active_intervals, invalid_samples, measure
-from service.model import prepare, references
+from service.loading import prepare, references
 from service.repository import ModelRepository
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
@@ -551,3 +551,93 @@ def test_a_request_finishes_on_the_model_it_started_with(tmp_path: Path) -> None
             await models.stop()
 
     _off_main_thread(scenario)
+
+
+def _held_request(path: str, body: bytes, sent: asyncio.Event) -> tuple[dict, Callable[[], Any]]:
+    """An ASGI POST whose body arrives only once `sent` is set: the route has admitted it by then."""
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict:
+        await sent.wait()
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return scope, receive
+
+
+async def _call(app: Any, scope: dict, receive: Callable[[], Any]) -> tuple[int, dict]:
+    messages: list[dict] = []
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in messages))
+
+
+ROUTES = {
+    "/predict": (json.dumps({"pixels": DIGIT}), lambda answer: (answer["model"]["version"], answer)),
+    f"/v2/models/{NAME}/infer": (
+        json.dumps({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": sum(DIGIT, [])}]}),
+        lambda answer: (answer["model_version"], answer),
+    ),
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_reload_between_admission_and_inference_cannot_split_a_request(tmp_path: Path, route: str) -> None:
+    """Admitted on model 1 (its body not yet in), then the served model becomes 2: the answer is model 1's,
+    computed by model 1 (its probabilities, not model 2's), and names it."""
+    from service.app import create_app
+
+    path = build_model(tmp_path / "lenet5.onnx", version="1")
+    app = create_app(Settings(model_path=path, workers=1, providers="cpu"))
+    body, version_of = ROUTES[route]
+    pixels = np.asarray(DIGIT, np.uint8)[None]
+
+    def probabilities(model: Path) -> list[float]:
+        return ModelRuntime(model, "cpu").run(pixels[:, None] / np.float32(255))["probabilities"][0].tolist()
+
+    async def scenario() -> tuple[int, dict]:
+        async with app.router.lifespan_context(app):
+            models = app.state.models
+            for _ in range(600):  # bounded: warm-up runs in the background
+                if models.current is not None:
+                    break
+                await asyncio.sleep(0.05)
+            sent = asyncio.Event()
+            request = asyncio.create_task(_call(app, *_held_request(route, body.encode(), sent)))
+            for _ in range(200):  # until the request holds its lease on model 1
+                if models.current._leases:
+                    break
+                await asyncio.sleep(0.01)
+            assert models.current._leases == 1
+            build_model(tmp_path / "candidate.onnx", version="2", seed=3)
+            os.replace(tmp_path / "candidate.onnx", path)
+            assert (await models.reload("test"))["result"] == "loaded"
+            assert models.get().version == "2"
+            sent.set()
+            return await asyncio.wait_for(request, 30)
+
+    first = probabilities(path)
+    status, answer = _off_main_thread(scenario)
+    assert status == 200, answer
+    version, answer = version_of(answer)
+    assert version == "1"
+    if route == "/predict":
+        got = answer["probabilities"]
+    else:
+        got = next(output["data"] for output in answer["outputs"] if output["name"] == "probabilities")
+    assert got == pytest.approx(first, abs=1e-6)
+    assert got != pytest.approx(probabilities(path), abs=1e-3)  # model 2 reads it otherwise

@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from service.preprocess import ImageError, load_image, to_mnist
+from service.images import ImageError, read_grey, to_mnist
 from trainer import negatives, synthetic
 from trainer.calibrate import auroc, digit_threshold
 from trainer.data import Split
@@ -34,7 +34,7 @@ def test_each_kind_is_deterministic_and_reaches_the_pipeline(kind: str) -> None:
             images.append(made)
             continue
         with contextlib.suppress(ImageError):  # "no digit found": rejected before the model, counted so
-            images.append(to_mnist(load_image(made, 50_000_000)))
+            images.append(to_mnist(read_grey(made, 50_000_000)))
     if not kind.endswith("noise") and kind not in {"textures", "photo crops (held out)"}:
         assert len(images) >= 5, f"{kind}: the pipeline found a shape in only {len(images)} of 6"
 
@@ -77,7 +77,7 @@ def test_digits_drawn_the_same_ways_are_labelled() -> None:
         for i in range(8):
             data, label = make_digit(negatives.kind_rng(0, kind, i))
             assert 0 <= label <= 9
-            assert to_mnist(load_image(data, 50_000_000)).max() > 0
+            assert to_mnist(read_grey(data, 50_000_000)).max() > 0
             labels.append(label)
         assert len(set(labels)) > 1
 

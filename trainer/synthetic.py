@@ -1,7 +1,7 @@
 """Synthetic images through the service's own image pipeline: realistic digits, digits and non-digits drawn by
 the same renderers. What the model trains on is what the service would feed it.
 
-Every image is file bytes -> service.preprocess.load_image -> to_mnist, exactly as an upload (raw-pixel noise
+Every image is file bytes -> service.images.read_grey -> to_mnist, exactly as an upload (raw-pixel noise
 skips the pipeline, as pixel requests do). Rendering costs milliseconds per image, so a set is rendered once
 by a pool of processes and cached under a key made of its recipe, the seed, the MNIST digits it draws on and
 the source of every module that decides a pixel (the generators and the pipeline).
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import preprocess
-from service.preprocess import ImageError, load_image, to_mnist
+from service.images import ImageError, decode, normalize, read_grey, to_mnist
 from trainer import drawing, negatives, realistic
 from trainer.data import Split
 
@@ -128,7 +127,7 @@ def _set_digits(digits: Split | None) -> None:
 
 def _pipeline(data: bytes) -> np.ndarray | None:
     try:
-        return to_mnist(load_image(data, MAX_PIXELS))
+        return to_mnist(read_grey(data, MAX_PIXELS))
     except ImageError:
         return None
 
@@ -216,7 +215,7 @@ def cache_key(parts: list[Part], seed: int, digits: Split | None) -> str:
     """Everything that decides the pixels: recipe, seed, the digits drawn on, the generators' and the
     pipeline's source code."""
     digest = hashlib.sha256(json.dumps([[p.source, p.kind, p.count] for p in parts] + [seed]).encode())
-    for module in (negatives, drawing, realistic, preprocess):
+    for module in (negatives, drawing, realistic, decode, normalize):
         digest.update(Path(module.__file__).read_bytes())
     if digits is not None:
         digest.update(digits.images.tobytes())

@@ -10,15 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from service.codecs import INLINE_PARSE_BYTES
+from service import offload
 from service.dependencies import ready_model, require_api_key, served_model
 from service.errors import BadRequest, Busy, NotFound, Reason, Timeout, TooLarge, Unauthorized, Unsupported
 from service.model import ServedModel
 from service.openapi import error_responses
-from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.v2_protocol import (
     EXTENSIONS,
@@ -35,7 +33,6 @@ from service.v2_protocol import (
 router = APIRouter(prefix="/v2", tags=["KServe V2"])
 
 SERVER_NAME = "mnist-serving"
-PLATFORM = "onnxruntime_onnx"
 AUTH = [Depends(require_api_key)]  # like /predict; health and metadata stay open for probes
 # Tensor parameters this server refuses (400), and one that needs binary data after a JSON header.
 _UNSUPPORTED = {"not": {"enum": ["shared_memory_region", "classification"]}}
@@ -123,12 +120,6 @@ async def served_version(version: str, model: ModelDep) -> None:
 VERSIONED = [Depends(served_version)]
 
 
-def signature(runtime: ModelRuntime) -> Signature:
-    """What the codec needs, read from the loaded model."""
-    outputs = {spec.name: spec.datatype for spec in runtime.outputs}
-    return Signature(runtime.input.name, runtime.item_shape, outputs, runtime.from_pixels)
-
-
 def _parse(body: bytes, headers: Headers, spec: Signature, settings: Settings) -> InferRequest:
     body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
     return parse_infer_request(body, headers.get(HEADER_LENGTH), spec, settings.max_batch_items)
@@ -167,14 +158,7 @@ async def model_ready(model: ModelDep) -> dict[str, Any]:
 async def model_metadata(model: ModelDep) -> dict[str, Any]:
     """Name, versions, platform and the input/output spec read from the ONNX model (-1 = batch); the
     digit_score threshold under `parameters`."""
-    return {
-        "name": model.name,
-        "versions": [model.version],
-        "platform": PLATFORM,
-        "parameters": {"digit_threshold": model.threshold},
-        "inputs": [spec.as_dict() for spec in model.runtime.inputs],
-        "outputs": [spec.as_dict() for spec in model.runtime.outputs],
-    }
+    return model.metadata()
 
 
 class OutputTensor(BaseModel):
@@ -218,17 +202,15 @@ INFER_RESPONSES = {
 async def infer(request: Request, model: ModelDep) -> Response:
     """Inference on a batch of images: FP32 in [0, 1] or UINT8 0..255, shaped [N, 1, 28, 28] or [N, 784];
     JSON or binary tensors in and out."""
-    spec = signature(model.runtime)
+    spec = model.signature
     compressed = request.headers.get("content-encoding", "identity").strip().lower() != "identity"
     length = request.headers.get("content-length")  # BodyLimit has checked that it is a number
     if length and not compressed:  # room in the queue for what the headers promise, before reading
-        await model.batcher.room(least_images(int(length), request.headers.get(HEADER_LENGTH), spec))
-    request.state.model_version = model.version  # for the access log (service/app.py's Observe)
+        await model.admit(least_images(int(length), request.headers.get(HEADER_LENGTH), spec))
+    request.state.model_version = model.version  # for the access record (service/middleware.py)
+    settings = request.app.state.settings
     body = await request.body()
-    if len(body) <= INLINE_PARSE_BYTES and not compressed:
-        parsed = _parse(body, request.headers, spec, request.app.state.settings)
-    else:  # CPU work off the event loop, like inference: a small gzip body can inflate to megabytes
-        parsed = await run_in_threadpool(_parse, body, request.headers, spec, request.app.state.settings)
+    parsed = await offload.parse(body, _parse, request.headers, spec, settings, inline=not compressed)
     results = await model.infer(parsed.images)
     content, headers = encode_infer_response(parsed, results, spec, name=model.name, version=model.version)
     return Response(content, headers=headers)

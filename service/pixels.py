@@ -1,4 +1,5 @@
-"""Request payloads -> uint8 pixel arrays [n, height, width] (MNIST convention), or a precise 4xx."""
+"""Pixels sent as numbers (JSON) or raw bytes -> uint8 arrays [n, height, width] (MNIST convention: 0 is
+background), or a 4xx that says what is wrong and where. Image files are the images wing's job."""
 
 from __future__ import annotations
 
@@ -6,15 +7,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from PIL import Image
 
-from service import preprocess
-from service.errors import ApiError, Invalid, Reason, TooLarge, Unsupported
+from service.errors import Reason, TooLarge, Unprocessable
 
 PIXEL_RULE = "pixels are integers 0..255"
-# Bodies up to this size decode in about as long as a threadpool hop takes (~0.1-0.3 ms; about 8 images of
-# JSON pixels). The routers decode larger ones in the threadpool: no client's megabytes stall the event loop.
-INLINE_PARSE_BYTES = 16 * 1024
 
 
 def parse_json(body: bytes) -> tuple[Any, bool]:
@@ -22,13 +18,13 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise Invalid(f"body is not valid JSON: {exc}", Reason.INVALID_JSON) from None
+        raise Unprocessable(f"body is not valid JSON: {exc}", Reason.INVALID_JSON) from None
     return value, b"true" in body or b"false" in body
 
 
 def _field(value: Any, name: str) -> Any:
     if not isinstance(value, dict) or name not in value:
-        raise Invalid(f'JSON body must be an object with a "{name}" field', Reason.INVALID_JSON)
+        raise Unprocessable(f'JSON body must be an object with a "{name}" field', Reason.INVALID_JSON)
     return value[name]
 
 
@@ -84,11 +80,11 @@ def _as_pixels(value: Any, shape: tuple[int, int]) -> np.ndarray | None:
 def pixels(value: Any, where: str, shape: tuple[int, int], may_have_bools: bool) -> np.ndarray:
     """One pixels value (28x28 nested or 784 flat) as uint8 [1, h, w]."""
     if may_have_bools and (problem := _problem(value, where, shape)):
-        raise Invalid(problem, Reason.INVALID_PIXELS)
+        raise Unprocessable(problem, Reason.INVALID_PIXELS)
     array = _as_pixels(value, shape)
     if array is None:  # not the fast path's exact ints: integral floats such as 13.0 (JSON Schema integers)
         if problem := _problem(value, where, shape):
-            raise Invalid(problem, Reason.INVALID_PIXELS)
+            raise Unprocessable(problem, Reason.INVALID_PIXELS)
         array = np.asarray(value, dtype=np.float64).astype(np.uint8).reshape(1, *shape)
     return array
 
@@ -104,7 +100,7 @@ def batch_json(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarra
     value, may_have_bools = parse_json(body)
     instances = _field(value, "instances")
     if not isinstance(instances, list) or not instances:
-        raise Invalid('"instances" must be a non-empty list of pixels', Reason.INVALID_PIXELS)
+        raise Unprocessable('"instances" must be a non-empty list of pixels', Reason.INVALID_PIXELS)
     check_count(len(instances), max_items)
     return np.concatenate(
         [pixels(item, f"instances[{i}]", shape, may_have_bools) for i, item in enumerate(instances)]
@@ -116,7 +112,7 @@ def batch_raw(body: bytes, shape: tuple[int, int], max_items: int) -> np.ndarray
     height, width = shape
     size = height * width
     if not body or len(body) % size:
-        raise Invalid(
+        raise Unprocessable(
             f"octet-stream body of {len(body)} bytes is not a non-zero multiple of {size} "
             f"({height}x{width} uint8 images)",
             Reason.INVALID_PIXELS,
@@ -132,53 +128,3 @@ def check_count(n: int, max_items: int) -> None:
 
 def too_many(count: str, max_items: int) -> TooLarge:
     return TooLarge(f"batch of {count} images exceeds the limit of {max_items}", Reason.BATCH_TOO_LARGE)
-
-
-def open_images(
-    files: list[bytes],
-    max_pixels: int,
-    max_request_pixels: int,
-    checkpoint: preprocess.Checkpoint = preprocess.never_stop,
-) -> list[Image.Image]:
-    """Every file's header (format, size within `max_pixels`), and the request's total pixels within
-    `max_request_pixels`: all checked before any image is decoded."""
-    try:
-        opened = [preprocess.open_image(data, max_pixels, checkpoint) for data in files]
-    except preprocess.ImageError as exc:
-        raise image_error(exc) from None
-    total = sum(image.width * image.height for image in opened)
-    if total > max_request_pixels:
-        raise TooLarge(
-            f"images too large: {total} pixels in this request, more than {max_request_pixels}; "
-            "send fewer or smaller images",
-            Reason.REQUEST_TOO_LARGE,
-        )
-    return opened
-
-
-def image(
-    opened: Image.Image,
-    checkpoint: preprocess.Checkpoint = preprocess.never_stop,
-    *,
-    blank_if_no_digit: bool = False,
-) -> np.ndarray:
-    """An opened image file (PNG, JPEG, ...) -> the MNIST-normalized uint8 [28, 28]. In a batch, an image
-    without a digit becomes a blank one (answered is_digit false) instead of failing the batch."""
-    try:
-        return preprocess.to_mnist(preprocess.decode(opened, checkpoint))
-    except preprocess.NoDigitFound:
-        if blank_if_no_digit:
-            return np.zeros((preprocess.FIELD, preprocess.FIELD), np.uint8)
-        raise Invalid("no digit found", Reason.NO_DIGIT) from None
-    except preprocess.ImageError as exc:
-        raise image_error(exc) from None
-
-
-def image_error(exc: preprocess.ImageError) -> ApiError:
-    """The image pipeline's refusal as the client sees it."""
-    message = str(exc)
-    if isinstance(exc, preprocess.UnsupportedFormat):
-        return Unsupported(message)
-    if isinstance(exc, preprocess.ImageTooLarge):
-        return TooLarge(message, Reason.IMAGE_TOO_LARGE)
-    return Invalid(message, Reason.CORRUPT_IMAGE)

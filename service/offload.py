@@ -1,0 +1,20 @@
+"""When CPU work leaves the event loop: parsing a large body would stall every other request on the loop, and
+the hop to a thread and back costs ~0.1-0.3 ms, about what parsing 16 KiB (8 images of JSON pixels) does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from starlette.concurrency import run_in_threadpool
+
+T = TypeVar("T")
+INLINE_BYTES = 16 * 1024  # work on a body this small runs on the event loop
+
+
+async def parse(body: bytes, parser: Callable[..., T], *args: object, inline: bool = True) -> T:
+    """`parser(body, *args)`, on the event loop for a small body (unless `inline` is off), else in the
+    threadpool. A compressed body is never small: a few kB of gzip can inflate to megabytes."""
+    if inline and len(body) <= INLINE_BYTES:
+        return parser(body, *args)
+    return await run_in_threadpool(parser, body, *args)
