@@ -586,10 +586,11 @@ async def _call(app: Any, scope: dict, receive: Callable[[], Any]) -> tuple[int,
     return status, json.loads(b"".join(m.get("body", b"") for m in messages))
 
 
+FLAT = np.asarray(DIGIT).ravel().tolist()
 ROUTES = {
     "/predict": (json.dumps({"pixels": DIGIT}), lambda answer: (answer["model"]["version"], answer)),
     f"/v2/models/{NAME}/infer": (
-        json.dumps({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": sum(DIGIT, [])}]}),
+        json.dumps({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": FLAT}]}),
         lambda answer: (answer["model_version"], answer),
     ),
 }
