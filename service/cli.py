@@ -17,7 +17,6 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from service import fleet, logs
-from service.runtime import ModelLoadError
 from service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -27,13 +26,15 @@ log = logging.getLogger("service.cli")
 
 def main(argv: list[str] | None = None) -> None:
     """Check the model once, then run the workers until SIGTERM or Ctrl-C."""
+    # Until a process can reload, SIGHUP waits (pending) instead of ending it: see service/supervisor.py and
+    # ModelRepository.start, which unblocks it in each worker once the model serves. Blocked before any
+    # thread exists (this module imports nothing that starts one; numpy and onnxruntime start threads at
+    # import): a thread that did not block it would take SIGHUP's default action and end the server.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     args = _arguments(argv)
     if args.settings_table:
         print(settings_table())
         return
-    # Until a process can reload, SIGHUP waits (pending) instead of ending it: see service/supervisor.py and
-    # ModelRepository.start, which unblocks it in each worker once the model serves.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     os.environ["MNIST_WORKERS"] = str(args.workers)  # workers build their own Settings from the environment
     settings = _settings()
     logs.configure(settings.log_format, settings.log_level)
@@ -130,6 +131,7 @@ def _check_model(settings: Settings) -> None:
     fails there stops the server too. Imported here: the metrics module must find PROMETHEUS_MULTIPROC_DIR
     set when it first loads prometheus_client, or this process would count in a registry nobody reads."""
     from service.loading import load, self_test
+    from service.runtime import ModelLoadError
 
     try:
         self_test(load(settings))
