@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Request, cpu_seconds, run  # noqa: E402
-from tests.liveserver import run_server  # noqa: E402
+from tests.support.liveserver import run_server  # noqa: E402
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.liveserver import LiveServer, run_server  # noqa: E402
+from tests.support.liveserver import LiveServer, run_server  # noqa: E402
 from trainer.realistic import encode, large_canvas  # noqa: E402
 
 MB = 1024 * 1024

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from bench.loadgen import Load, Request, run  # noqa: E402
 from service.http_limits import LimitedHttpToolsProtocol  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.faults import (  # noqa: E402
+from tests.support.faults import (  # noqa: E402
     JSON_BODY,
     STALLS,
     collected,
@@ -63,7 +63,7 @@ from tests.faults import (  # noqa: E402
     sigterm_under_load,
     stall,
 )
-from tests.liveserver import metric_sum, run_server  # noqa: E402
+from tests.support.liveserver import metric_sum, run_server  # noqa: E402
 
 HEAD_KINDS = {"idle", "half request line", "half head"}  # closed by the head timeout; the rest by the body's
 TIMER_SLACK_S = 1.0  # a timeout fires on time if the connection is closed by then

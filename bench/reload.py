@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.model import references  # noqa: E402
-from tests.liveserver import run_server  # noqa: E402
-from tests.service_model import build_model  # noqa: E402
+from tests.support.liveserver import run_server  # noqa: E402
+from tests.support.model import build_model  # noqa: E402
 from trainer.realistic import encode  # noqa: E402
 
 SHIPPED = ROOT / "models" / "lenet5.onnx"

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.liveserver import LiveServer, free_port, run_server, stop  # noqa: E402
+from tests.support.liveserver import LiveServer, free_port, run_server, stop  # noqa: E402
 from trainer.data import load_test  # noqa: E402
 from trainer.realistic import canvas_png, encode, lined, phone_photo  # noqa: E402
 

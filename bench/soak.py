@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.settings import Settings  # noqa: E402
-from tests.faults import (  # noqa: E402
+from tests.support.faults import (  # noqa: E402
     HOST_HEADER,
     JSON_BODY,
     PIXELS,
@@ -49,7 +49,7 @@ from tests.faults import (  # noqa: E402
     rss_mb,
     workers,
 )
-from tests.liveserver import run_server  # noqa: E402
+from tests.support.liveserver import run_server  # noqa: E402
 from trainer.realistic import encode, font_ink, paper_scan, phone_photo  # noqa: E402
 
 Send = Callable[[httpx.AsyncClient, str], Awaitable[int | None]]  # a status, or None: nothing to check

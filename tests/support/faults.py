@@ -1,5 +1,5 @@
 """Faulty and hostile clients over raw sockets, closed-loop normal traffic, and a server's processes as
-Linux /proc shows them. Shared by tests/test_reliability.py, bench/reliability.py and bench/soak.py."""
+Linux /proc shows them. Shared by tests/system/test_reliability.py, bench/reliability.py and bench/soak.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-from tests.liveserver import metric_sum
+from tests.support.liveserver import metric_sum
 
 # One digit-like JSON request, the normal traffic.
 PIXELS = np.random.default_rng(3).integers(0, 256, (28, 28)).tolist()

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from service.app import create_app
 from service.settings import Settings
 from service.v2_protocol import HEADER_LENGTH
-from tests.liveserver import LiveServer
+from tests.support.liveserver import LiveServer
 from trainer.data import load_test
 
 MODEL = "lenet5"

@@ -32,8 +32,8 @@ from service.model import prepare, references
 from service.repository import ModelRepository
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
-from tests.liveserver import ROOT, LiveServer, start_server, stop
-from tests.service_model import NAME, TEST_ACCURACY, build_model
+from tests.support.liveserver import ROOT, LiveServer, start_server, stop
+from tests.support.model import NAME, TEST_ACCURACY, build_model
 
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -127,7 +127,7 @@ class Served:
         return self.server.url
 
     def install(self, **model: Any) -> str:
-        """Put a new model (tests/service_model.py options) at MNIST_MODEL_PATH atomically; its version."""
+        """Put a new model (tests/support/model.py options) at MNIST_MODEL_PATH atomically; its version."""
         version = model.setdefault("version", next(VERSIONS))
         candidate = build_model(self.path.with_name("candidate.onnx"), **model)
         os.replace(candidate.with_suffix(".json"), self.path.with_suffix(".json"))

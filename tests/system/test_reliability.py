@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults import (
+from tests.support.faults import (
     JSON_BODY,
     Traffic,
     address,
@@ -30,7 +30,7 @@ from tests.faults import (
     until_closed,
     workers,
 )
-from tests.liveserver import LiveServer, metric_sum
+from tests.support.liveserver import LiveServer, metric_sum
 
 TIMEOUT_S = 1.0  # head, body and keep-alive timeouts of the strict server
 SLACK_S = 2.0  # on top of a timeout: 100 connections on one worker, on a shared machine

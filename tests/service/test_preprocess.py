@@ -20,7 +20,7 @@ from service.preprocess import (
     load_image,
     to_mnist,
 )
-from tests.liveserver import ROOT
+from tests.support.liveserver import ROOT
 from trainer.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
 
 MAX_PIXELS = 40_000_000
