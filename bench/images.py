@@ -1,11 +1,11 @@
 """CPU per image of the image pipeline (decode + MNIST normalization), in-process, per kind of image.
 
-    MNIST_DATA_DIR=... python bench/images.py [--count 100] [--baseline 807899f] [--threads 1,2,4]
+    MNIST_DATA_DIR=... python -m bench.images [--count 100] [--baseline 807899f] [--threads 1,2,4]
 
 Measures `service.preprocess` as the service calls it (file bytes -> load_image -> to_mnist) with
 time.process_time, which other jobs on the shared cores disturb far less than wall time. `--baseline REF`
 also measures service/preprocess.py as it was at git revision REF, on the same files, side by side. The
-HTTP-level cost is bench/run.py's job. "of which decoding": load_image alone (decode to the working
+HTTP-level cost is bench.run's job. "of which decoding": load_image alone (decode to the working
 resolution, orientation, transparency); the rest is the normalization. `--threads` adds a table
 of images/s (wall) and CPU per image when that many threads share the decoding of the same files, as the
 service's decoder threads do.
@@ -13,12 +13,10 @@ service's decoder threads do.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,12 +27,10 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service import preprocess  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
+from bench.core import ROOT, parser
+from service import preprocess
+from service.settings import Settings
+from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place
 
 MAX_PIXELS = Settings().max_image_pixels
 Pipeline = Callable[[bytes], np.ndarray]
@@ -46,7 +42,7 @@ def mnist_png(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
 
 
 def scan_png(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
-    """A 28x28 test digit dark on light, as bench/run.py posts it."""
+    """A 28x28 test digit dark on light, as bench.run posts it."""
     return encode(Image.fromarray(255 - digit), "PNG")
 
 
@@ -158,16 +154,14 @@ def threaded(run: Pipeline, files: list[bytes], threads: int) -> tuple[float, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
-    parser.add_argument("--count", type=int, default=100, help="files per kind")
-    parser.add_argument("--rounds", type=int, default=3, help="passes over the files; the median is shown")
-    parser.add_argument("--baseline", metavar="REV", help="also measure service/preprocess.py at REV")
-    parser.add_argument("--threads", default="", help="comma-separated thread counts for the threads table")
-    parser.add_argument("--kinds", default="", help="comma-separated substrings: only kinds matching one")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
+    options.add_argument("--count", type=int, default=100, help="files per kind")
+    options.add_argument("--rounds", type=int, default=3, help="passes over the files; the median is shown")
+    options.add_argument("--baseline", metavar="REV", help="also measure service/preprocess.py at REV")
+    options.add_argument("--threads", default="", help="comma-separated thread counts for the threads table")
+    options.add_argument("--kinds", default="", help="comma-separated substrings: only kinds matching one")
+    args = options.parse_args()
 
     images, labels = mnist_test(args.data)
     current = pipeline(preprocess)

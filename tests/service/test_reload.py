@@ -34,6 +34,7 @@ from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
 from tests.support.liveserver import ROOT, LiveServer, start_server, stop
 from tests.support.model import NAME, TEST_ACCURACY, build_model
+from tests.support.procfs import workers
 
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -103,15 +104,6 @@ def index(url: str) -> list[dict[str, Any]]:
     response = httpx.get(f"{url}/v2/repository/index", headers=ADMIN, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def children(pid: int) -> list[int]:
-    """The worker processes of a server (uvicorn spawns them; the resource tracker is not one)."""
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():
-            found.append(int(child))
-    return found
 
 
 # --- a server whose model file the tests replace ---------------------------------------------------------
@@ -278,14 +270,14 @@ def test_a_crashed_worker_leaves_no_stale_model_info(served: Served) -> None:
     dead worker's 1 standing for a version no worker serves any more."""
     old = served.install(seed=22)  # the replacement loads the file on disk: it must be the served model
     assert load(served.url, ADMIN).status_code == 200
-    victim = children(served.server.process.pid)[0]
+    victim = workers(served.server.process.pid)[0]
     ready = served.server.log.read_text().count("; ready")
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while served.server.log.read_text().count("; ready") <= ready:  # uvicorn started a replacement
         assert time.monotonic() < deadline, served.server.log.read_text()
         time.sleep(0.1)
-    assert len(children(served.server.process.pid)) == WORKERS
+    assert len(workers(served.server.process.pid)) == WORKERS
     new = served.install(seed=17)
     response = load(served.url, ADMIN)
     assert response.status_code == 200, response.text
@@ -383,7 +375,7 @@ def test_sighup_while_the_server_starts_does_not_kill_it(tmp_path: Path) -> None
             time.sleep(0.05)
         wait_for_version(server.url, "2")
         log = server.log.read_text()
-        assert "died" not in log and len(children(server.process.pid)) == WORKERS, log
+        assert "died" not in log and len(workers(server.process.pid)) == WORKERS, log
         response = load(server.url, ADMIN)  # the HUPs that waited are all handled: this one finds no change
         assert {worker["result"] for worker in response.json()["workers"]} == {"unchanged"}, response.text
     finally:
@@ -404,7 +396,7 @@ def test_a_worker_that_cannot_serve_the_model_stops_the_server_with_exit_code_3(
         build_model(tmp_path / "candidate.onnx", fixed_batch=1)
         os.replace(tmp_path / "candidate.onnx", path)  # not reloaded: the workers keep the good model
         assert httpx.post(f"{server.url}/predict", json={"pixels": DIGIT}).status_code == 200
-        os.kill(children(server.process.pid)[0], signal.SIGKILL)
+        os.kill(workers(server.process.pid)[0], signal.SIGKILL)
         code = server.process.wait(timeout=60)
     finally:
         stop(server.process)
@@ -431,7 +423,7 @@ def test_a_worker_that_cannot_serve_the_model_stops_the_server_with_exit_code_3(
 def test_reload_bench_short_fails_no_request_and_every_answer_comes_from_an_active_model(
     tmp_path: Path,
 ) -> None:
-    """`python bench/reload.py --short`: c=8 mixed load, 3 reloads between two models and the 3 bad
+    """`python -m bench.reload --short`: c=8 mixed load, 3 reloads between two models and the 3 bad
     candidates; the timing and memory targets are left to the full run on a quiet machine."""
     result = measure(SHORT, tmp_path)
     assert not result.failed, result.failed[:3]

@@ -1,5 +1,6 @@
-"""Faulty and hostile clients over raw sockets, closed-loop normal traffic, and a server's processes as
-Linux /proc shows them. Shared by tests/system/test_reliability.py, bench/reliability.py and bench/soak.py."""
+"""Faulty and hostile clients over raw sockets, closed-loop normal traffic, and the scenarios built from them
+(SIGTERM or a worker SIGKILLed under load). Shared by tests/system/test_reliability.py, bench/reliability.py
+and bench/soak.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from tests.support.liveserver import metric_sum
+from tests.support.procfs import workers
 
 # One digit-like JSON request, the normal traffic.
 PIXELS = np.random.default_rng(3).integers(0, 256, (28, 28)).tolist()
@@ -185,35 +187,6 @@ async def huge_head_during_traffic(url: str, size: int, clients: int = 4) -> tup
     await asyncio.sleep(0.5)
     stop.set()
     return refusal, await load
-
-
-def workers(server_pid: int) -> list[int]:
-    """The worker processes of a multi-worker `python -m service` (multiprocessing spawns them)."""
-    pids = []
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        for child in children:
-            try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    pids.append(int(child))
-            except FileNotFoundError:  # ended meanwhile
-                pass
-    return sorted(pids)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def collected(metrics_dir: Path, pattern: str = "*.db") -> str:

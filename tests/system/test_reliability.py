@@ -28,9 +28,9 @@ from tests.support.faults import (
     stall,
     stalls_during_traffic,
     until_closed,
-    workers,
 )
 from tests.support.liveserver import LiveServer, metric_sum
+from tests.support.procfs import workers
 
 TIMEOUT_S = 1.0  # head, body and keep-alive timeouts of the strict server
 SLACK_S = 2.0  # on top of a timeout: 100 connections on one worker, on a shared machine
