@@ -152,9 +152,12 @@ class Traffic:
         return float(np.quantile(self.latencies, q)) if self.latencies else math.nan
 
 
-async def closed_loop(url: str, clients: int, stop: asyncio.Event) -> Traffic:
+async def closed_loop(
+    url: str, clients: int, stop: asyncio.Event, give_up: asyncio.Event | None = None
+) -> Traffic:
     """`clients` keep-alive connections, each posting one JSON digit to /predict as soon as its last answer
-    came, until `stop` is set. A transport error is counted and retried on a new connection."""
+    came, until `stop` is set. A transport error is counted and retried on a new connection; once `give_up`
+    is set, it ends that client instead (the server is going away: retrying would count reconnects)."""
     traffic = Traffic()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Content-Type": "application/json"}
@@ -167,6 +170,8 @@ async def closed_loop(url: str, clients: int, stop: asyncio.Event) -> Traffic:
                     response = await client.post("/predict", content=JSON_BODY, headers=headers)
                 except httpx.TransportError as exc:
                     traffic.errors[type(exc).__name__] += 1
+                    if give_up is not None and give_up.is_set():
+                        return
                     await asyncio.sleep(0.05)
                     continue
                 traffic.latencies.append(time.monotonic() - started)
@@ -220,11 +225,13 @@ async def stalls_during_traffic(
 
 
 async def sigterm_under_load(url: str, process: subprocess.Popen, clients: int) -> tuple[Traffic, float]:
-    """`clients` post JSON digits; after 1.5 s the server gets SIGTERM. What they saw until it exited, and
-    how long it took to exit (inf: not within 20 s)."""
-    stop = asyncio.Event()
-    load = asyncio.create_task(closed_loop(url, clients, stop))
+    """`clients` post JSON digits; after 1.5 s the server gets SIGTERM. What they saw until it exited (each
+    client ends at its first transport error after the signal), and how long it took to exit (inf: not
+    within 20 s)."""
+    stop, signalled = asyncio.Event(), asyncio.Event()
+    load = asyncio.create_task(closed_loop(url, clients, stop, give_up=signalled))
     await asyncio.sleep(1.5)
+    signalled.set()
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     while process.poll() is None and time.monotonic() - sent < 20:
