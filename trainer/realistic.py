@@ -2,7 +2,7 @@
 
 Each kind returns encoded file bytes (the service's input), so the whole path -- decode, EXIF, alpha, first
 frame, normalization -- is exercised. Used by the trainer (realistic digits are positives in training, made
-from MNIST training digits), tests/service/test_preprocess.py and bench/ (made from MNIST test digits).
+from MNIST training digits), tests/test_preprocess.py and bench/ (made from MNIST test digits).
 """
 
 from __future__ import annotations

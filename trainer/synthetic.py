@@ -112,7 +112,7 @@ TRAIN_NEGATIVES = {
 }
 TRAIN = recipe(150, 2000, TRAIN_NEGATIVES)
 VALIDATION = recipe(40, 300, dict.fromkeys(negatives.TRAINED, 200))
-# The card's figures: modest, as tests/trainer/test_shipped_model.py renders them again; bench.notdigit: more.
+# The card's figures: modest, as tests/test_shipped_model.py renders them again (bench/notdigit.py: more).
 TEST = recipe(60, 150, dict.fromkeys(negatives.KINDS, 150), figures=True)
 
 
