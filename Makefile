@@ -35,10 +35,10 @@ train: $(VENV)/.dev
 	$(BIN)/mnist-train
 
 bench: $(VENV)/.dev system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 realworld: $(VENV)/.dev
-	$(BIN)/python bench/realworld.py
+	$(BIN)/python -m bench.realworld
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

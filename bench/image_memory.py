@@ -1,6 +1,6 @@
 """Image memory and work per request (issue 14) against a real server: one worker, RSS read from /proc.
 
-    python bench/image_memory.py [--side 6300] [--batch 16] [--seconds 6]
+    python -m bench.image_memory [--side 6300] [--batch 16] [--seconds 6]
 
 1. A valid side x side RGBA PNG (6300: ~170 KB, 159 MB decoded, under the 40 Mpx per-image limit): the
    worker's peak RSS while it is served (VmHWM, reset through /proc/PID/clear_refs first) and its RSS
@@ -16,92 +16,18 @@
 
 from __future__ import annotations
 
-import argparse
-import re
-import socket
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.liveserver import LiveServer, run_server  # noqa: E402
-from trainer.realistic import encode, large_canvas  # noqa: E402
-
-MB = 1024 * 1024
-CLOSED = re.compile(r'^mnist_errors_total\{[^}]*reason="client_closed"[^}]*\} (\S+)$', re.MULTILINE)
-
-
-def status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process, in bytes."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) * 1024
-    return fields
-
-
-def reset_peak(pid: int) -> None:
-    """Start VmHWM afresh from the current RSS (Linux: `echo 5 > /proc/PID/clear_refs`)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def canvas() -> bytes:
-    """A 280x280 transparent canvas with a drawn 7: what the other clients post."""
-    image = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
-    ImageDraw.Draw(image).line(
-        [(70, 60), (210, 60), (120, 230)], fill=(0, 0, 0, 255), width=18, joint="curve"
-    )
-    return encode(image, "PNG")
-
-
-def multipart(files: list[bytes]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-        for i, data in enumerate(files)
-    ]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def post(url: str, files: list[bytes], timeout: float = 30.0) -> httpx.Response:
-    body, content_type = multipart(files)
-    return httpx.post(
-        f"{url}/predict/batch", content=body, headers={"Content-Type": content_type}, timeout=timeout
-    )
-
-
-def closed_count(url: str) -> float:
-    match = CLOSED.search(httpx.get(f"{url}/metrics", timeout=5).text)
-    return float(match.group(1)) if match else 0.0
-
-
-def abandon(url: str, files: list[bytes], after_s: float) -> float:
-    """Send the batch over a raw socket, wait `after_s`, close without reading; the time of the close."""
-    body, content_type = multipart(files)
-    parts = urlsplit(url)
-    head = (
-        f"POST /predict/batch HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        time.sleep(after_s)
-    return time.monotonic()
+from bench.core import parser, server, table
+from tests.support.image_requests import abandon, canvas, closed_count, post
+from tests.support.liveserver import LiveServer
+from tests.support.procfs import MB, reset_peak, status
+from trainer.realistic import large_canvas
 
 
 @dataclass
@@ -125,36 +51,33 @@ class Clients:
                 self.statuses.append(response.status_code)
 
 
-def idle_rss(server: LiveServer) -> int:
+def idle_rss(live: LiveServer) -> int:
     """RSS after the image path has run once (imports, first allocations) and settled."""
     for _ in range(3):
-        post(server.url, [canvas()]).raise_for_status()
+        post(live.url, [canvas()]).raise_for_status()
     time.sleep(1.0)
-    return status(server.process.pid)["VmRSS"]
+    return status(live.process.pid)["VmRSS"]
 
 
-def row(measure: str, target: str, measured: str, ok: bool | None) -> str:
-    verdict = "" if ok is None else ("pass" if ok else "**FAIL**")
-    return f"| {measure} | {target} | {measured} | {verdict} |"
+def row(measure: str, target: str, measured: str, ok: bool) -> list[str]:
+    return [measure, target, measured, "pass" if ok else "**FAIL**"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--side", type=int, default=6300)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=6.0, help="how long the other clients post")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--side", type=int, default=6300)
+    options.add_argument("--batch", type=int, default=16)
+    options.add_argument("--seconds", type=float, default=6.0, help="how long the other clients post")
+    args = options.parse_args()
 
     big = large_canvas(args.side)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, run_server(Path(tmp), workers=1) as server:
-        pid = server.process.pid
-        idle = idle_rss(server)
+    with server(workers=1) as live:
+        pid = live.process.pid
+        idle = idle_rss(live)
         reset_peak(pid)
         started = time.monotonic()
-        response = post(server.url, [big])
+        response = post(live.url, [big])
         took = time.monotonic() - started
         peak = status(pid)["VmHWM"]
         time.sleep(10)
@@ -181,7 +104,7 @@ def main() -> None:
             ),
         ]
         started = time.monotonic()
-        response = post(server.url, [big] * args.batch)
+        response = post(live.url, [big] * args.batch)
         took = time.monotonic() - started
         rows.append(
             row(
@@ -193,16 +116,16 @@ def main() -> None:
         )
 
     budget = {"MNIST_MAX_REQUEST_PIXELS": str(args.batch * args.side * args.side)}
-    with tempfile.TemporaryDirectory() as tmp, run_server(Path(tmp), workers=1, env=budget) as server:
-        idle_rss(server)
-        clients = Clients(server.url, canvas())
+    with server(workers=1, env=budget) as live:
+        idle_rss(live)
+        clients = Clients(live.url, canvas())
         threads = [threading.Thread(target=clients.run) for _ in range(2)]
         for thread in threads:
             thread.start()
         time.sleep(1.0)
         first = len(clients.latencies)
         started = time.monotonic()
-        response = post(server.url, [big, big], timeout=60)
+        response = post(live.url, [big, big], timeout=60)
         took = time.monotonic() - started
         served = np.array(clients.latencies[first:])
         rows += [
@@ -219,12 +142,12 @@ def main() -> None:
                 bool(served.size) and served.max() <= 2.0,
             ),
         ]
-        before = closed_count(server.url)
-        reset_peak(server.process.pid)
-        closed_at = abandon(server.url, [big] * args.batch, 0.2)
+        before = closed_count(live.url)
+        reset_peak(live.process.pid)
+        closed_at = abandon(live.url, [big] * args.batch, 0.2)
         stopped_at = None
         while time.monotonic() - closed_at < 30:
-            if closed_count(server.url) > before:
+            if closed_count(live.url) > before:
                 stopped_at = time.monotonic()
                 break
             time.sleep(0.02)
@@ -232,7 +155,7 @@ def main() -> None:
         clients.stop.set()
         for thread in threads:
             thread.join(timeout=60)
-        peak = status(server.process.pid)["VmHWM"]
+        peak = status(live.process.pid)["VmHWM"]
         latencies = np.array(clients.latencies)
         p99 = float(np.percentile(latencies, 99)) if latencies.size else float("nan")
         timeouts = clients.statuses.count(504)
@@ -254,9 +177,7 @@ def main() -> None:
             ),
             row("meanwhile: other image requests, p99", "<= 2 s", f"{p99 * 1000:.0f} ms", p99 <= 2.0),
         ]
-    print("| measure | target | measured | |")
-    print("|---|---|---|---|")
-    print("\n".join(rows))
+    table(["measure", "target", "measured", ""], rows)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """CPU per image of the image pipeline (decode + MNIST normalization), in-process, per kind of image.
 
-    MNIST_DATA_DIR=... python bench/images.py [--count 100] [--baseline 807899f] [--threads 1,2,4]
+    MNIST_DATA_DIR=... python -m bench.images [--count 100] [--baseline 807899f] [--threads 1,2,4]
 
 Measures the images wing as the service calls it (file bytes -> read_grey -> to_mnist) with
 time.process_time, which other jobs on the shared cores disturb far less than wall time. `--baseline REF`
-also measures service/preprocess.py as it was at git revision REF, on the same files, side by side. The
-HTTP-level cost is bench/run.py's job. "of which decoding": read_grey alone (decode to the working
+also measures the pipeline as it was at git revision REF, on the same files, side by side. The
+HTTP-level cost is bench.run's job. "of which decoding": read_grey alone (decode to the working
 resolution, orientation, transparency); the rest is the normalization. `--threads` adds a table
 of images/s (wall) and CPU per image when that many threads share the decoding of the same files, as the
 service's decoder threads do.
@@ -13,10 +13,9 @@ service's decoder threads do.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import importlib.util
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.images import ImageError, read_digit, read_grey  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
+from bench.core import ROOT, parser
+from service.images import ImageError, read_digit, read_grey
+from service.settings import Settings
+from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place
 
 MAX_PIXELS = Settings().max_image_pixels
 Pipeline = Callable[[bytes], np.ndarray]
@@ -46,7 +42,7 @@ def mnist_png(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
 
 
 def scan_png(rng: np.random.Generator, digit: np.ndarray, label: int) -> bytes:
-    """A 28x28 test digit dark on light, as bench/run.py posts it."""
+    """A 28x28 test digit dark on light, as bench.run posts it."""
     return encode(Image.fromarray(255 - digit), "PNG")
 
 
@@ -96,23 +92,48 @@ def files_of(maker: Callable[..., bytes], images: np.ndarray, labels: np.ndarray
     return [maker(rng, images[i], int(labels[i])) for i in rng.choice(len(images), count, replace=False)]
 
 
-def module_at(revision: str) -> ModuleType:
-    """service/preprocess.py as it was at a git revision, imported under another name."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:service/preprocess.py"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    folder = Path(tempfile.mkdtemp(prefix="preprocess-"))
-    path = folder / "baseline_preprocess.py"
-    path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("baseline_preprocess", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# Runs in a checkout of another revision: its own pipeline (the images wing, or the older
+# service/preprocess.py) on the pickled files, printing median CPU ms per file as cpu_ms does.
+_BASELINE = """
+import contextlib, os, pickle, sys, time
+files, rounds, max_pixels = pickle.load(sys.stdin.buffer)
+if os.path.isdir("service/images"):  # this checkout's own, never the installed one's
+    from service.images import ImageError, read_digit
+    def run(data): return read_digit(data, max_pixels)
+else:
+    from service import preprocess
+    from service.preprocess import ImageError
+    def run(data): return preprocess.to_mnist(preprocess.load_image(data, max_pixels))
+per_round = []
+for data in files[:3]:
+    with contextlib.suppress(ImageError):
+        run(data)
+for _ in range(rounds):
+    started = time.process_time()
+    for data in files:
+        with contextlib.suppress(ImageError):
+            run(data)
+    per_round.append((time.process_time() - started) * 1000 / len(files))
+print(sorted(per_round)[len(per_round) // 2])
+"""
 
 
-def pipeline(module: ModuleType) -> Pipeline:
-    return lambda data: module.to_mnist(module.load_image(data, MAX_PIXELS))
+def baseline_ms(revision: str, files: list[bytes], rounds: int) -> float:
+    """cpu_ms of the pipeline as it was at a git revision, in a subprocess on a checkout of it."""
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as folder:
+        archive = subprocess.run(
+            ["git", "archive", revision, "service"], cwd=ROOT, check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _BASELINE],
+            input=pickle.dumps((files, rounds, MAX_PIXELS)),
+            env={**os.environ, "PYTHONPATH": folder},
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
+    return float(done.stdout)
 
 
 def cpu_ms(run: Pipeline, files: list[bytes], rounds: int) -> float:
@@ -158,20 +179,18 @@ def threaded(run: Pipeline, files: list[bytes], threads: int) -> tuple[float, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
-    parser.add_argument("--count", type=int, default=100, help="files per kind")
-    parser.add_argument("--rounds", type=int, default=3, help="passes over the files; the median is shown")
-    parser.add_argument("--baseline", metavar="REV", help="also measure service/preprocess.py at REV")
-    parser.add_argument("--threads", default="", help="comma-separated thread counts for the threads table")
-    parser.add_argument("--kinds", default="", help="comma-separated substrings: only kinds matching one")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
+    options.add_argument("--count", type=int, default=100, help="files per kind")
+    options.add_argument("--rounds", type=int, default=3, help="passes over the files; the median is shown")
+    options.add_argument("--baseline", metavar="REV", help="also measure the pipeline as it was at REV")
+    options.add_argument("--threads", default="", help="comma-separated thread counts for the threads table")
+    options.add_argument("--kinds", default="", help="comma-separated substrings: only kinds matching one")
+    args = options.parse_args()
 
     images, labels = mnist_test(args.data)
     current: Pipeline = lambda data: read_digit(data, MAX_PIXELS)  # noqa: E731
-    baseline = pipeline(module_at(args.baseline)) if args.baseline else None
+    baseline = args.baseline
     selected = {
         name: value
         for name, value in kinds().items()
@@ -194,7 +213,7 @@ def main() -> None:
         decoding = cpu_ms(lambda data: read_grey(data, MAX_PIXELS), files, args.rounds)
         goal = f"<= {target:g} ms" if target else ""
         if baseline:
-            before = cpu_ms(baseline, files, args.rounds)
+            before = baseline_ms(baseline, files, args.rounds)
             print(f"| {name} | {goal} | {before:.2f} | {after:.2f} | {decoding:.2f} | {before / after:.1f} |")
         else:
             print(f"| {name} | {goal} | {after:.2f} | {decoding:.2f} |")

@@ -9,7 +9,6 @@ req/s where the asyncio client reached 4,000-6,500. One wrk thread: at most one 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -123,12 +122,3 @@ def run(
         p99_ms=p99 / 1000,
         statuses=None if counted is None else {int(k): int(v) for k, v in (p.split(":") for p in counted)},
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time so far of a process and its live children (uvicorn's workers), from Linux /proc.
-    Per request it is robust to other load on the machine, unlike throughput."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # all threads
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return own + sum(cpu_seconds(int(child)) for child in children)

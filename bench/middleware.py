@@ -1,6 +1,6 @@
 """CPU per request of the service's own ASGI middleware, in-process (no sockets, no server).
 
-    python bench/middleware.py [--requests 20000] [--repeat 5] [--log-format text|json]
+    python -m bench.middleware [--requests 20000] [--repeat 5] [--log-format text|json]
 
 Drives the middleware stack of service/app.py around a do-nothing endpoint with a fake receive/send, the
 way uvicorn calls it (a fresh scope with its own state per request, prometheus-client in multiprocess mode
@@ -11,22 +11,19 @@ With --log-format json the access log goes through the JSON formatter into /dev/
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.core import parser
+
 # As under mnist-serve: metrics live in shared files (set before prometheus_client is imported).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-middleware-"))
 
-from service import logs  # noqa: E402
-from service.middleware import BodyLimit, Observe  # noqa: E402
+from service import logs
+from service.middleware import BodyLimit, Observe
 
 HEADERS = [
     (b"host", b"127.0.0.1:8000"),
@@ -82,13 +79,11 @@ async def cpu_per_request(app, requests: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--requests", type=int, default=20_000)
+    options.add_argument("--repeat", type=int, default=5)
+    options.add_argument("--log-format", choices=["text", "json"], default="text")
+    args = options.parse_args()
     Args.log_format = args.log_format
     if args.log_format == "json":
         logs.configure("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115

@@ -1,12 +1,12 @@
 """Digit or not, per kind: the share of non-digits rejected at the model's threshold and AUROC, the share of
 digits accepted and accuracy. With the defaults: the same images and figures as the card's `not_a_digit`.
 
-    MNIST_DATA_DIR=... python bench/notdigit.py [--model models/lenet5.onnx] [--realistic 100 --drawn 200
+    MNIST_DATA_DIR=... python -m bench.notdigit [--model models/lenet5.onnx] [--realistic 100 --drawn 200
         --negatives 200 --seed 3]
-    python bench/notdigit.py --cost [--model ...]
-    python bench/notdigit.py --update-card        # after a change to the pipeline or the generators
+    python -m bench.notdigit --cost [--model ...]
+    python -m bench.notdigit --update-card        # after a change to the pipeline or the generators
 
-Every image goes the service's way (file bytes -> service.preprocess -> the ONNX model); an image where the
+Every image goes the service's way (file bytes -> service.images -> the ONNX model); an image where the
 pipeline finds no digit counts as rejected (and, for a digit, as wrong). --cost measures instead what the
 digit_score output costs: process CPU time of the shipped graph vs the same graph without the digit head.
 --update-card measures the card's own test set again (its recipe and seed) and writes the figures and the two
@@ -15,10 +15,8 @@ digit-or-not plots into the model's card, as mnist-train would: no retraining.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,14 +25,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from trainer import openset, synthetic  # noqa: E402
-from trainer.data import Split, load_test  # noqa: E402
-from trainer.export import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES, run_onnx  # noqa: E402
-from trainer.negatives import KINDS  # noqa: E402
-from trainer.report import plot_digit_scores, plot_mistakes, write_card  # noqa: E402
+from bench.core import SHIPPED_MODEL, parser
+from trainer import openset, synthetic
+from trainer.data import Split, load_test
+from trainer.export import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES, run_onnx
+from trainer.negatives import KINDS
+from trainer.report import plot_digit_scores, plot_mistakes, write_card
 
 
 def threshold_of(model: Path) -> float:
@@ -90,24 +86,22 @@ def update_card(model: Path, test: Split) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "lenet5.onnx")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
+    options = parser(__doc__)
+    options.add_argument("--model", type=Path, default=SHIPPED_MODEL)
+    options.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
     defaults = {p.source: p.count for p in synthetic.TEST}
-    parser.add_argument(
+    options.add_argument(
         "--realistic", type=int, default=defaults["realistic"], help="images per realistic kind"
     )
-    parser.add_argument("--drawn", type=int, default=defaults["glyph"], help="printed/pen digits per kind")
-    parser.add_argument(
+    options.add_argument("--drawn", type=int, default=defaults["glyph"], help="printed/pen digits per kind")
+    options.add_argument(
         "--negatives", type=int, default=defaults["negative"], help="images per non-digit kind"
     )
-    parser.add_argument("--seed", type=int, default=synthetic.SEEDS["test"])
-    parser.add_argument("--threshold", type=float, help="default: the model's digit_threshold metadata")
-    parser.add_argument("--cost", action="store_true", help="measure the CPU cost of digit_score instead")
-    parser.add_argument("--update-card", action="store_true", help="re-measure the card's figures into it")
-    args = parser.parse_args()
+    options.add_argument("--seed", type=int, default=synthetic.SEEDS["test"])
+    options.add_argument("--threshold", type=float, help="default: the model's digit_threshold metadata")
+    options.add_argument("--cost", action="store_true", help="measure the CPU cost of digit_score instead")
+    options.add_argument("--update-card", action="store_true", help="re-measure the card's figures into it")
+    args = options.parse_args()
     if args.cost:
         cost(args.model)
         return

@@ -1,29 +1,25 @@
 """Accuracy on realistic images (photos, scans, canvas exports, fonts) vs MNIST test: same model and pipeline.
 
-    MNIST_DATA_DIR=... python bench/realworld.py [--per-kind 300] [--model models/lenet5.onnx]
+    MNIST_DATA_DIR=... python -m bench.realworld [--per-kind 300] [--model models/lenet5.onnx]
 
 Every image goes the service's way: file bytes -> service.images.read_grey -> to_mnist -> the ONNX model.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.contract import PROBABILITIES  # noqa: E402
-from service.images import ImageError, read_grey, to_mnist  # noqa: E402
-from service.runtime import ModelRuntime  # noqa: E402
-from service.settings import Settings, cores  # noqa: E402
-from trainer.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
+from bench.core import SHIPPED_MODEL, parser
+from service.contract import PROBABILITIES
+from service.images import ImageError, read_grey, to_mnist
+from service.runtime import ModelRuntime
+from service.settings import Settings, cores
+from trainer.realistic import KINDS, encode, generate, mnist_test
 
 MAX_PIXELS = Settings().max_image_pixels
 
@@ -49,14 +45,12 @@ def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "lenet5.onnx")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
-    parser.add_argument("--per-kind", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--model", type=Path, default=SHIPPED_MODEL)
+    options.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
+    options.add_argument("--per-kind", type=int, default=300)
+    options.add_argument("--seed", type=int, default=0)
+    args = options.parse_args()
 
     runtime = ModelRuntime(args.model, "cpu", cores())
     images, labels = mnist_test(args.data)

@@ -1,15 +1,15 @@
 """Issue 14's targets for HTTP limits and crashes, against real servers (default settings); one table.
 
-    python bench/reliability.py [--header-mib 64 128] [--connections 1000] [--clients 32]
+    python -m bench.reliability [--header-mib 64 128] [--connections 1000] [--clients 32]
                                 [--overload-clients 128 256]
 
 1. Huge headers, one worker (every client shares its event loop): time from the first byte until the
    server refuses (431 or a close), and the max latency of 4 clients posting JSON digits meanwhile.
 2. --connections stalled connections at once against two workers, evenly of the five kinds in
-   tests/faults.py STALLS (connected and silent, half a request line, half a head, head without its body,
-   part of a body): each closed at its configured timeout (head: MNIST_HEAD_TIMEOUT_S from connect, body:
-   MNIST_BODY_TIMEOUT_S after the head), and the p99 of normal traffic (wrk, 8 connections, single JSON)
-   while they are held against the same load just before.
+   tests/support/faults.py STALLS (connected and silent, half a request line, half a head, head without its
+   body, part of a body): each closed at its configured timeout (head: MNIST_HEAD_TIMEOUT_S from connect,
+   body: MNIST_BODY_TIMEOUT_S after the head), and the p99 of normal traffic (wrk, 8 connections, single
+   JSON) while they are held against the same load just before.
 3. SIGTERM under --clients posting clients, two workers: no request a worker started is lost (the workers'
    metric files read after exit against what the clients received).
 4. A worker SIGKILLed under --clients posting clients plus 8 requests held in flight: time until /metrics
@@ -19,7 +19,7 @@
    of single requests before and right after.
 5. What the limits cost per request: a small POST fed to the protocol in-process (no sockets, a minimal
    ASGI app, uvloop), CPU time per request with service.http_limits against uvicorn's HttpToolsProtocol;
-   medians of alternating rounds. For scale: bench/run.py's HTTP floor is ~128 us of server CPU per request.
+   medians of alternating rounds. For scale: bench.run's HTTP floor is ~128 us of server CPU per request.
 
 Latency figures are wall time on the machine the bench runs on; the load average is printed with them.
 About a minute with the defaults.
@@ -27,15 +27,12 @@ About a minute with the defaults.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
-import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,13 +44,11 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.loadgen import Load, Request, run  # noqa: E402
-from service.http_limits import LimitedHttpToolsProtocol  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from tests.faults import (  # noqa: E402
+from bench.core import MachineLoad, Target, parser, print_targets, server
+from bench.loadgen import Load, Request, run
+from service.http_limits import LimitedHttpToolsProtocol
+from service.settings import Settings
+from tests.support.faults import (
     JSON_BODY,
     STALLS,
     collected,
@@ -63,31 +58,24 @@ from tests.faults import (  # noqa: E402
     sigterm_under_load,
     stall,
 )
-from tests.liveserver import metric_sum, run_server  # noqa: E402
+from tests.support.liveserver import metric_sum
 
 HEAD_KINDS = {"idle", "half request line", "half head"}  # closed by the head timeout; the rest by the body's
 TIMER_SLACK_S = 1.0  # a timeout fires on time if the connection is closed by then
-
-
-@dataclass(frozen=True)
-class Row:
-    target: str
-    measured: str
-    passed: bool
 
 
 def ms(seconds: float) -> str:
     return "never" if math.isinf(seconds) else f"{seconds * 1000:.0f} ms"
 
 
-def huge_headers(tmp: Path, sizes_mib: list[int]) -> list[Row]:
+def huge_headers(tmp: Path, sizes_mib: list[int]) -> list[Target]:
     rows = []
-    with run_server(tmp, workers=1) as server:
+    with server(folder=tmp, workers=1) as live:
         for mib in sizes_mib:
-            refusal, traffic = asyncio.run(huge_head_during_traffic(server.url, mib << 20))
+            refusal, traffic = asyncio.run(huge_head_during_traffic(live.url, mib << 20))
             how = f"{refusal.status}" if refusal.status else "reset"
             rows.append(
-                Row(
+                Target(
                     f"{mib} MiB header refused within 100 ms",
                     f"{ms(refusal.seconds)} ({how})",
                     refusal.seconds <= 0.1,
@@ -96,7 +84,7 @@ def huge_headers(tmp: Path, sizes_mib: list[int]) -> list[Row]:
             worst = max(traffic.latencies, default=math.inf)
             clean = set(traffic.statuses) == {200} and not traffic.errors
             rows.append(
-                Row(
+                Target(
                     f"{mib} MiB header: other clients' max latency <= 1 s, all 200",
                     f"{ms(worst)}, {sum(traffic.statuses.values())} answers {dict(traffic.statuses)}",
                     worst <= 1.0 and clean,
@@ -121,22 +109,22 @@ async def _stalls_and_load(url: str, per_kind: int, settings: Settings, seconds:
     return outcomes, load
 
 
-def stalled_connections(tmp: Path, connections: int) -> list[Row]:
+def stalled_connections(tmp: Path, connections: int) -> list[Target]:
     settings = Settings()
     per_kind = connections // len(STALLS)
     # wrk runs in whole seconds and must end while every stalled connection is still open
     seconds = max(1, int(min(settings.head_timeout_s, settings.body_timeout_s) - 1.5))
     json = Request("/predict", JSON_BODY, "application/json")
     rows = []
-    with run_server(tmp, workers=2) as server:
-        before = run(server.url, json, concurrency=8, seconds=seconds)
-        outcomes, during = asyncio.run(_stalls_and_load(server.url, per_kind, settings, seconds))
+    with server(folder=tmp, workers=2) as live:
+        before = run(live.url, json, concurrency=8, seconds=seconds)
+        outcomes, during = asyncio.run(_stalls_and_load(live.url, per_kind, settings, seconds))
     for kind, seconds_closed in outcomes.items():
         timeout = settings.head_timeout_s if kind in HEAD_KINDS else settings.body_timeout_s
         first, last = min(seconds_closed), max(seconds_closed)
         on_time = first >= timeout - 0.1 and last <= timeout + TIMER_SLACK_S
         rows.append(
-            Row(
+            Target(
                 f"{per_kind} x {kind}: all closed at the {timeout:g} s timeout (+{TIMER_SLACK_S:g} s)",
                 f"{sum(not math.isinf(s) for s in seconds_closed)}/{per_kind} closed, "
                 f"{first:.2f}-{last:.2f} s",
@@ -145,7 +133,7 @@ def stalled_connections(tmp: Path, connections: int) -> list[Row]:
         )
     unchanged = during.p99_ms <= 1.5 * before.p99_ms and during.errors == 0
     rows.append(
-        Row(
+        Target(
             f"normal traffic p99 while {per_kind * len(STALLS)} are held <= 1.5 x before",
             f"{during.p99_ms:.1f} ms vs {before.p99_ms:.1f} ms ({during.rate:,.0f} vs "
             f"{before.rate:,.0f} req/s, {during.errors} errors)",
@@ -155,17 +143,17 @@ def stalled_connections(tmp: Path, connections: int) -> list[Row]:
     return rows
 
 
-def sigterm(tmp: Path, clients: int) -> list[Row]:
+def sigterm(tmp: Path, clients: int) -> list[Target]:
     metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=tmp))
-    with run_server(tmp, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as server:
-        traffic, exited = asyncio.run(sigterm_under_load(server.url, server.process, clients))
+    with server(folder=tmp, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as live:
+        traffic, exited = asyncio.run(sigterm_under_load(live.url, live.process, clients))
     text = collected(metrics_dir)
     served = metric_sum(text, "mnist_request_duration_seconds_count", route="/predict")
     received = traffic.statuses[200]
     lost = served - received + in_flight(text)  # answered but not received, started but not answered
     clean = set(traffic.statuses) == {200}
     return [
-        Row(
+        Target(
             f"SIGTERM under {clients} clients: 0 accepted requests dropped",
             f"{lost:.0f} of {served:.0f} dropped, exit in {exited:.2f} s, statuses {dict(traffic.statuses)}",
             lost == 0 and clean,
@@ -173,18 +161,18 @@ def sigterm(tmp: Path, clients: int) -> list[Row]:
     ]
 
 
-def sigkill(tmp: Path, clients: int) -> list[Row]:
+def sigkill(tmp: Path, clients: int) -> list[Target]:
     metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=tmp))
-    with run_server(tmp, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as server:
-        crash = asyncio.run(kill_worker_under_load(server.url, server.process.pid, metrics_dir, clients))
+    with server(folder=tmp, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as live:
+        crash = asyncio.run(kill_worker_under_load(live.url, live.process.pid, metrics_dir, clients))
     received = crash.traffic.statuses[200]
     return [
-        Row(
+        Target(
             f"worker SIGKILL under {clients} clients: in-flight gauge right within 10 s",
             f"{crash.recovered_s:.2f} s (the dead worker had {crash.victim_in_flight:.0f} in flight)",
             crash.recovered_s <= 10 and crash.victim_in_flight >= 1,
         ),
-        Row(
+        Target(
             "... the dead worker's counts kept (server 200s vs received, +-clients)",
             f"{crash.served:.0f} vs {received}",
             abs(crash.served - received) <= clients,
@@ -202,7 +190,7 @@ def _single_ms(url: str, request: Request, n: int = 20) -> float:
     return statistics.median(times) * 1000
 
 
-def overload(tmp: Path, clients: list[int], seconds: int = 5) -> list[Row]:
+def overload(tmp: Path, clients: list[int], seconds: int = 5) -> list[Target]:
     """Raw 256-image batches from 8 clients, then from each of `clients`: the images/s accepted may not
     collapse (refusals come before the body is read), only 200/503/504 come back, and a single request
     right after is as fast as before."""
@@ -210,28 +198,28 @@ def overload(tmp: Path, clients: list[int], seconds: int = 5) -> list[Row]:
     posts = Request("/predict/batch", batch.tobytes(), "application/octet-stream")
     single = Request("/predict", JSON_BODY, "application/json")
     rows = []
-    with run_server(tmp, workers=2) as server:
-        before = _single_ms(server.url, single)
-        base = run(server.url, posts, concurrency=8, seconds=seconds, statuses=True)
+    with server(folder=tmp, workers=2) as live:
+        before = _single_ms(live.url, single)
+        base = run(live.url, posts, concurrency=8, seconds=seconds, statuses=True)
         base_rate = base.ok * 256 / base.seconds
         for c in clients:
-            load = run(server.url, posts, concurrency=c, seconds=seconds, statuses=True)
+            load = run(live.url, posts, concurrency=c, seconds=seconds, statuses=True)
             time.sleep(1)  # the server works off what was admitted
             rate = load.ok * 256 / load.seconds
             statuses = load.statuses or {}
             refused = sum(count for status, count in statuses.items() if status != 200)
             clean = set(statuses) <= {200, 503, 504} and load.errors == refused  # no socket errors
             rows.append(
-                Row(
+                Target(
                     f"{c} clients posting 256-image batches: accepted images/s >= 60 % of 8 clients', "
                     "only 200/503/504",
                     f"{rate:,.0f} vs {base_rate:,.0f} images/s ({rate / base_rate:.0%}), statuses {statuses}",
                     rate >= 0.6 * base_rate and clean,
                 )
             )
-        after = _single_ms(server.url, single)
+        after = _single_ms(live.url, single)
     rows.append(
-        Row(
+        Target(
             "a single request right after the overload is as fast as before (<= 1.5 x + 2 ms)",
             f"median {after:.1f} ms vs {before:.1f} ms before",
             after <= 1.5 * before + 2,
@@ -284,7 +272,7 @@ async def _cpu_per_request(protocol: Any, requests: int) -> float:
     return (time.process_time() - started) / requests * 1e6
 
 
-def protocol_cost(rounds: int = 9, requests: int = 20_000) -> list[Row]:
+def protocol_cost(rounds: int = 9, requests: int = 20_000) -> list[Target]:
     limited = partial(LimitedHttpToolsProtocol, settings=Settings())
     plain, limits = [], []
     for _ in range(rounds):
@@ -292,7 +280,7 @@ def protocol_cost(rounds: int = 9, requests: int = 20_000) -> list[Row]:
         limits.append(uvloop.run(_cpu_per_request(limited, requests)))
     base, ours = statistics.median(plain), statistics.median(limits)
     return [
-        Row(
+        Target(
             "HTTP limits add <= 2 us of CPU per request",
             f"+{ours - base:.2f} us ({ours:.2f} vs {base:.2f} us: uvicorn's protocol + a minimal app)",
             ours - base <= 2.0,
@@ -301,30 +289,22 @@ def protocol_cost(rounds: int = 9, requests: int = 20_000) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--header-mib", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--overload-clients", type=int, nargs="+", default=[128, 256])
-    args = parser.parse_args()
-    load_before = os.getloadavg()
+    options = parser(__doc__)
+    options.add_argument("--header-mib", type=int, nargs="+", default=[64, 128])
+    options.add_argument("--connections", type=int, default=1000)
+    options.add_argument("--clients", type=int, default=32)
+    options.add_argument("--overload-clients", type=int, nargs="+", default=[128, 256])
+    args = options.parse_args()
+    load = MachineLoad()
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
-        rows = huge_headers(Path(tmp), args.header_mib)
-        rows += stalled_connections(Path(tmp), args.connections)
-        rows += sigterm(Path(tmp), args.clients)
-        rows += sigkill(Path(tmp), args.clients)
-        rows += overload(Path(tmp), args.overload_clients)
-    rows += protocol_cost()
-    load_after = os.getloadavg()
-    print(
-        f"{os.cpu_count()} CPUs; 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
-    )
-    print("| target | measured | pass |\n|---|---|---|")
-    for row in rows:
-        print(f"| {row.target} | {row.measured} | {'yes' if row.passed else '**no**'} |")
-    sys.exit(0 if all(row.passed for row in rows) else 1)
+        targets = huge_headers(Path(tmp), args.header_mib)
+        targets += stalled_connections(Path(tmp), args.connections)
+        targets += sigterm(Path(tmp), args.clients)
+        targets += sigkill(Path(tmp), args.clients)
+        targets += overload(Path(tmp), args.overload_clients)
+    targets += protocol_cost()
+    print(load.report() + "\n")
+    sys.exit(0 if print_targets(targets) else 1)
 
 
 if __name__ == "__main__":

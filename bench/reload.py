@@ -1,8 +1,8 @@
 """Model reloads under load: no failed request, every answer from a model that was active, bounded latency
 and memory.
 
-    python bench/reload.py [--concurrency 32] [--reloads 10] [--baseline-s 10] [--gap-s 1.5]
-    python bench/reload.py --short      # c=8, 3 reloads (+ the 3 bad candidates): what CI runs
+    python -m bench.reload [--concurrency 32] [--reloads 10] [--baseline-s 10] [--gap-s 1.5]
+    python -m bench.reload --short      # c=8, 3 reloads (+ the 3 bad candidates): what CI runs
 
 Starts `python -m service` with 2 workers on 127.0.0.1 serving a copy of the shipped model, and keeps
 `concurrency` clients (asyncio + httpx, keep-alive) sending a mix back to back: single JSON /predict,
@@ -24,7 +24,6 @@ target is missed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import os
@@ -44,15 +43,12 @@ import onnx
 import orjson
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.core import SHIPPED_MODEL, Target, parser, print_targets, server, table
+from service.loading import references
+from tests.support.model import build_model
+from tests.support.procfs import status, workers
+from trainer.realistic import encode
 
-from service.loading import references  # noqa: E402
-from tests.liveserver import run_server  # noqa: E402
-from tests.service_model import build_model  # noqa: E402
-from trainer.realistic import encode  # noqa: E402
-
-SHIPPED = ROOT / "models" / "lenet5.onnx"
 NAME = "lenet5"
 RAW_BATCH = 64
 V2_BATCH = 8
@@ -171,14 +167,14 @@ def versions_in(kind: str, body: dict[str, Any]) -> frozenset[str]:
 
 def candidates(folder: Path) -> dict[str, Path]:
     """Two good models with different versions, and the three a reload must refuse."""
-    other = onnx.load(SHIPPED)
+    other = onnx.load(SHIPPED_MODEL)
     for prop in other.metadata_props:
         if prop.key == "version":
             prop.value += "-reload"
     onnx.save(other, folder / "other.onnx")
     (folder / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(64 * 1024))
     return {
-        "shipped": shutil.copyfile(SHIPPED, folder / "shipped.onnx"),
+        "shipped": shutil.copyfile(SHIPPED_MODEL, folder / "shipped.onnx"),
         "other version": folder / "other.onnx",
         "corrupt file": folder / "corrupt.onnx",
         "wrong input shape": build_model(folder / "wide.onnx", side=32),
@@ -193,19 +189,12 @@ def install(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def worker_pids(server_pid: int) -> list[int]:
-    """uvicorn's worker processes: the server's children started by multiprocessing's spawn."""
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    return sorted(int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text())
-
-
 def rss_kib(pid: int) -> int:
     """VmRSS of a live process; 0 for one that has gone (the no-restart target reports it)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        return status(pid).get("VmRSS", 0) // 1024
     except FileNotFoundError:
         return 0
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
 
 
 async def settled_rss(pids: list[int], samples: int = 5, interval_s: float = 0.2) -> dict[int, int]:
@@ -275,7 +264,7 @@ async def drive(
         httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120.0) as admin,
     ):
         initial = (await client.get(f"/v1/models/{NAME}")).json()["version"]
-        pids_before = worker_pids(server_pid)
+        pids_before = workers(server_pid)
         clients = [
             asyncio.create_task(client_loop(client, kinds, i, stop, samples)) for i in range(plan.concurrency)
         ]
@@ -297,7 +286,7 @@ async def drive(
             await asyncio.sleep(plan.gap_s)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*clients), timeout=60)
-        pids_after = worker_pids(server_pid)
+        pids_after = workers(server_pid)
     return Result(
         plan,
         samples,
@@ -350,11 +339,11 @@ def measure(plan: Plan, folder: Path) -> Result:
     install(models["shipped"], served)
     key = secrets.token_urlsafe(16)
     env = {"MNIST_MODEL_PATH": str(served), "MNIST_ADMIN_KEY": key}
-    with run_server(folder, workers=2, env=env) as server:
-        result = asyncio.run(drive(server.url, served, models, plan, key, server.process.pid))
+    with server(folder=folder, workers=2, env=env) as live:
+        result = asyncio.run(drive(live.url, served, models, plan, key, live.process.pid))
     result.server_errors = [
         line
-        for line in server.log.read_text(errors="replace").splitlines()
+        for line in live.log.read_text(errors="replace").splitlines()
         if any(mark in line for mark in ("ERROR", "CRITICAL", "WARNING", "Traceback", "died"))
         and "refused, still serving" not in line  # the bad candidates, as intended
         and "onnxruntime" not in line  # its CUDA provider failing to load on a machine without a GPU
@@ -375,12 +364,12 @@ def report(result: Result) -> bool:
         f"load average (1 min) before {result.load_average[0]:.2f}, after {result.load_average[1]:.2f}"
     )
     print()
-    print("| # | candidate | at | status | took | workers now serve / reason |")
-    print("|---|---|---:|---|---:|---|")
+    rows = []
     for n, r in enumerate(result.reloads, 1):
         what = ", ".join(sorted(r.versions)) + f" ({r.detail})" if r.status == 200 else r.detail
         when = f"{r.started - result.baseline_window[0]:+.1f} s"
-        print(f"| {n} | {r.label} | {when} | {r.status} | {r.ended - r.started:.2f} s | {what} |")
+        rows.append([n, r.label, when, r.status, f"{r.ended - r.started:.2f} s", what])
+    table(["#", "candidate", "at", "status", "took", "workers now serve / reason"], rows, "llrlrl")
     print()
     kinds = Counter(s.kind for s in result.samples)
     print("requests: " + ", ".join(f"{kind} {count}" for kind, count in kinds.items()))
@@ -398,11 +387,7 @@ def report(result: Result) -> bool:
         span = f"{sample.sent:.3f}..{sample.received:.3f}"
         print(f"  invalid: {sample.kind} versions {sorted(sample.versions)} at {span}")
     print()
-    rows = targets(result)
-    print("| target | measured | pass |")
-    print("|---|---|---|")
-    for target, measured, ok in rows:
-        print(f"| {target} | {measured} | {'yes' if ok else 'NO'} |")
+    met = print_targets(targets(result))
     baseline, during = result.latencies(False), result.latencies(True)
     print()
     print(
@@ -413,37 +398,38 @@ def report(result: Result) -> bool:
     for pid in result.pids_before:
         series = [kib[pid] / 1024 for when, kib in result.rss_kib.items() if when.startswith("after reload")]
         print(f"worker {pid} RSS after each reload (MiB): " + " ".join(f"{mib:.0f}" for mib in series))
-    return all(ok for _, _, ok in rows)
+    return met
 
 
-def targets(result: Result) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for each target."""
+def targets(result: Result) -> list[Target]:
     baseline, during = result.latencies(False), result.latencies(True)
     p99_base, p99_during = percentile(baseline, 99), percentile(during, 99)
     first, last = result.rss_kib["after reload 1"], result.rss_kib[f"after reload {result.plan.reloads}"]
     growth = max(last[pid] / first[pid] - 1 if first[pid] else np.inf for pid in first)
     expected = result.reloads_as_expected
     return [
-        ("0 failed requests", f"{len(result.failed)} of {len(result.samples)}", not result.failed),
-        ("every version active while its request ran", f"{len(result.invalid)} invalid", not result.invalid),
-        (
+        Target("0 failed requests", f"{len(result.failed)} of {len(result.samples)}", not result.failed),
+        Target(
+            "every version active while its request ran", f"{len(result.invalid)} invalid", not result.invalid
+        ),
+        Target(
             "good candidates loaded on both workers, bad ones refused",
             f"{expected} of {len(result.reloads)}",
             expected == len(result.reloads),
         ),
-        (
+        Target(
             f"p99 during reloads <= {P99_FACTOR:g} x p99 without",
             f"{p99_during:.0f} ms ({len(during)} requests) vs {p99_base:.0f} ms ({len(baseline)}): "
             f"{p99_during / p99_base:.2f} x",
             p99_during <= P99_FACTOR * p99_base,
         ),
-        (
+        Target(
             f"worker RSS after {result.plan.reloads} reloads within {RSS_GROWTH:.0%} of after the first",
             ", ".join(f"{first[pid] / 1024:.0f} -> {last[pid] / 1024:.0f} MiB" for pid in first)
             + f" (worst {growth:+.1%})",
             growth <= RSS_GROWTH,
         ),
-        (
+        Target(
             "no worker restarted",
             f"pids {result.pids_before} -> {result.pids_after}",
             result.pids_before == result.pids_after,
@@ -452,16 +438,16 @@ def targets(result: Result) -> list[tuple[str, str, bool]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="c=8, 3 reloads, 2 s baseline (CI)")
-    parser.add_argument("--concurrency", type=int, default=Plan.concurrency)
-    parser.add_argument("--reloads", type=int, default=Plan.reloads)
-    parser.add_argument("--baseline-s", type=float, default=Plan.baseline_s)
-    parser.add_argument("--gap-s", type=float, default=Plan.gap_s)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--short", action="store_true", help="c=8, 3 reloads, 2 s baseline (CI)")
+    options.add_argument("--concurrency", type=int, default=Plan.concurrency)
+    options.add_argument("--reloads", type=int, default=Plan.reloads)
+    options.add_argument("--baseline-s", type=float, default=Plan.baseline_s)
+    options.add_argument("--gap-s", type=float, default=Plan.gap_s)
+    args = options.parse_args()
     plan = SHORT if args.short else Plan(args.concurrency, args.reloads, args.baseline_s, args.gap_s)
     if plan.reloads < 1:
-        parser.error("--reloads must be at least 1")
+        options.error("--reloads must be at least 1")
     with tempfile.TemporaryDirectory(prefix="reload-bench-") as tmp:
         result = measure(plan, Path(tmp))
     sys.exit(0 if report(result) else 1)

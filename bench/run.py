@@ -1,6 +1,6 @@
 """The service benchmark: real servers, bounded load over loopback, one markdown table plus target checks.
 
-    MNIST_DATA_DIR=/path/to/mnist python bench/run.py [--seconds 4]
+    MNIST_DATA_DIR=/path/to/mnist python -m bench.run [--seconds 4]
 
 Starts `python -m service` (one worker, then two) on 127.0.0.1 and drives it with wrk (bench/loadgen.py):
 single JSON /predict from a real MNIST test digit; images posted to /predict as they come from users (a
@@ -19,11 +19,8 @@ machine, CPU per request far less. The server keeps its defaults except larger q
 
 from __future__ import annotations
 
-import argparse
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,15 +31,13 @@ import numpy as np
 import orjson
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.loadgen import Load, Request, cpu_seconds, run  # noqa: E402
-from service.runtime import ModelRuntime  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from tests.liveserver import LiveServer, free_port, run_server, stop  # noqa: E402
-from trainer.data import load_test  # noqa: E402
-from trainer.realistic import canvas_png, encode, lined, phone_photo  # noqa: E402
+from bench.core import ROOT, MachineLoad, parser, server, table, with_cpu
+from bench.loadgen import Load, Request, run
+from service.runtime import ModelRuntime
+from service.settings import Settings
+from tests.support.liveserver import LiveServer, free_port, stop
+from trainer.data import load_test
+from trainer.realistic import canvas_png, encode, lined, phone_photo
 
 BATCH = 256
 LEVELS = (1, 32)
@@ -144,9 +139,8 @@ def measure(pid: int, url: str, request: Request, seconds: int, levels: tuple[in
     settle(url, request)
     loads, cpu_us = {}, {}
     for c in levels:
-        cpu = cpu_seconds(pid)
-        loads[c] = run(url, request, concurrency=c, seconds=seconds)
-        cpu_us[c] = (cpu_seconds(pid) - cpu) / max(1, loads[c].requests) * 1e6
+        loads[c], cpu = with_cpu(pid, lambda c=c: run(url, request, concurrency=c, seconds=seconds))
+        cpu_us[c] = cpu / max(1, loads[c].requests) * 1e6
         settle(url, request)
     return Measured(loads, cpu_us)
 
@@ -193,11 +187,11 @@ def mixed(server: LiveServer, single: Request, batch: Request, seconds: int) -> 
     return singles
 
 
-def row(label: str, measured: Measured, workload_images: int = 1, rate_unit: str = "req/s") -> str:
+def row(label: str, measured: Measured, workload_images: int = 1, rate_unit: str = "req/s") -> list[str]:
     c1, c32 = measured.loads[1], measured.loads[32]
     per_image = f" ({measured.cpu_us[32] / workload_images:.0f})" if workload_images > 1 else ""
     errors = f" ({c32.errors} errors)" if c32.errors else ""
-    cells = [
+    return [
         label,
         f"{c1.p50_ms:.2f}",
         f"{c1.p99_ms:.2f}",
@@ -206,7 +200,6 @@ def row(label: str, measured: Measured, workload_images: int = 1, rate_unit: str
         f"{c32.p99_ms:.1f}",
         f"{measured.cpu_us[32]:,.0f}{per_image}",
     ]
-    return "| " + " | ".join(cells) + " |"
 
 
 def target(ok: bool, text: str) -> str:
@@ -214,55 +207,65 @@ def target(ok: bool, text: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=4, help="per measurement (whole seconds)")
-    args = parser.parse_args()
+    args = parser(__doc__)
+    args.add_argument("--seconds", type=int, default=4, help="per measurement (whole seconds)")
+    seconds = args.parse_args().seconds
     started = time.monotonic()
-    load_before = os.getloadavg()
+    load = MachineLoad()
     test = load_test()
     loads = workloads(test.images)
     settings = Settings(workers=1)
-    floor = floor_server(loads["json"].request, args.seconds)
+    floor = floor_server(loads["json"].request, seconds)
     one: dict[str, Measured] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = settings.model_path
-        env = {**ENV, "MNIST_MODEL_PATH": str(model_path)}
-        with run_server(Path(tmp), workers=1, env=env) as server:
-            sanity = check(server.url, loads, test.labels)
-            for name, workload in loads.items():
-                one[name] = measure(server.process.pid, server.url, workload.request, args.seconds)
-            busy = mixed(server, loads["json"].request, loads["batch_raw"].request, args.seconds)
-        compute, compute_cpu = compute_floor(
-            model_path, settings.threads_per_worker, test.images, args.seconds
-        )
-        with run_server(Path(tmp), workers=2, env=env) as server:
-            two = measure(server.process.pid, server.url, loads["json"].request, args.seconds, (32,))
-    load_after = os.getloadavg()
+    model_path = settings.model_path
+    env = {**ENV, "MNIST_MODEL_PATH": str(model_path)}
+    with server(workers=1, env=env) as live:
+        sanity = check(live.url, loads, test.labels)
+        for name, workload in loads.items():
+            one[name] = measure(live.process.pid, live.url, workload.request, seconds)
+        busy = mixed(live, loads["json"].request, loads["batch_raw"].request, seconds)
+    compute, compute_cpu = compute_floor(model_path, settings.threads_per_worker, test.images, seconds)
+    with server(workers=2, env=env) as live:
+        two = measure(live.process.pid, live.url, loads["json"].request, seconds, (32,))
+    machine = load.report()
 
     print(
         f"model {model_path.name}; one worker x {settings.threads_per_worker} onnxruntime threads unless "
-        f"noted; wrk 1 thread; {args.seconds} s each"
+        f"noted; wrk 1 thread; {seconds} s each"
     )
     print()
-    print(
-        "| workload | c=1 p50 ms | c=1 p99 ms | c=1 server CPU us/request | c=32 throughput | c=32 p99 ms "
-        "| c=32 server CPU us/request (per image) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print(row("bare POST floor (bench/floor_app.py, same JSON body)", floor))
-    for name, workload in loads.items():
-        unit = "images/s" if workload.images > 1 else "req/s"
-        print(row(workload.label, one[name], workload.images, unit))
-    print(
-        f"| compute floor: onnxruntime in-process, batch {BATCH} | | | | {compute:,.0f} images/s | | ", end=""
-    )
-    print(f"({compute_cpu:.0f}) |")
-    single32 = one["json"].loads[32]
-    print(f"| single JSON c=16 while 4 clients post raw {BATCH}-image batches | | | ", end="")
-    print(f"| {busy.rate:,.0f} req/s | {busy.p99_ms:.1f} | |")
     two32 = two.loads[32]
-    print(f"| single JSON, 2 workers | | | | {two32.rate:,.0f} req/s | {two32.p99_ms:.1f} ", end="")
-    print(f"| {two.cpu_us[32]:,.0f} |")
+    rows = [row("bare POST floor (bench/floor_app.py, same JSON body)", floor)]
+    rows += [
+        row(w.label, one[name], w.images, "images/s" if w.images > 1 else "req/s")
+        for name, w in loads.items()
+    ]
+    rows += [
+        [
+            f"compute floor: onnxruntime in-process, batch {BATCH}",
+            *["", "", ""],
+            f"{compute:,.0f} images/s",
+            "",
+            f"({compute_cpu:.0f})",
+        ],
+        [
+            f"single JSON c=16 while 4 clients post raw {BATCH}-image batches",
+            *["", "", ""],
+            f"{busy.rate:,.0f} req/s",
+            f"{busy.p99_ms:.1f}",
+            "",
+        ],
+        [
+            "single JSON, 2 workers",
+            *["", "", ""],
+            f"{two32.rate:,.0f} req/s",
+            f"{two32.p99_ms:.1f}",
+            f"{two.cpu_us[32]:,.0f}",
+        ],
+    ]
+    header = ["workload", "c=1 p50 ms", "c=1 p99 ms", "c=1 server CPU us/request", "c=32 throughput"]
+    table([*header, "c=32 p99 ms", "c=32 server CPU us/request (per image)"], rows, "lrrrrrr")
+    single32 = one["json"].loads[32]
     print()
     print("Targets (server CPU per request at c=32):")
     for name, workload in loads.items():
@@ -304,11 +307,7 @@ def main() -> None:
     )
     print()
     print(f"Answers checked first (accuracy of JSON/batch, digit read for images): {sanity}")
-    print(
-        "Load average (1/5/15 min) before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}; {:.0f} s".format(
-            *load_before, *load_after, time.monotonic() - started
-        )
-    )
+    print(f"{machine}; {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Soak: mixed traffic with bad and hostile inputs against a real two-worker server (default settings) for
 --duration seconds, sampling the RSS and open file descriptors of every server process. Opt-in, not in CI:
 
-    python bench/soak.py                  # 5 minutes, 16 clients
-    python bench/soak.py --duration 60    # a shorter check
+    python -m bench.soak                  # 5 minutes, 16 clients
+    python -m bench.soak --duration 60    # a shorter check
 
 Each client loops over MIX in a shuffled order: valid single and batch requests (JSON pixels, a scanned PNG,
 a phone-photo JPEG, raw uint8), bad ones (broken JSON, out-of-range pixels, a corrupt PNG, a blank image,
@@ -17,40 +17,24 @@ by more than max(16 MiB, 5 %) (warm-up and allocator pools settle in the first h
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
 import numpy as np
 import orjson
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.settings import Settings  # noqa: E402
-from tests.faults import (  # noqa: E402
-    HOST_HEADER,
-    JSON_BODY,
-    PIXELS,
-    address,
-    huge_head,
-    huge_request,
-    open_fds,
-    rss_mb,
-    workers,
-)
-from tests.liveserver import run_server  # noqa: E402
-from trainer.realistic import encode, font_ink, paper_scan, phone_photo  # noqa: E402
+from bench.core import MachineLoad, Target, parser, print_targets, server, table
+from service.settings import Settings
+from tests.support.faults import HOST_HEADER, JSON_BODY, PIXELS, address, huge_head, huge_request
+from tests.support.procfs import MB, open_fds, status, workers
+from trainer.realistic import encode, font_ink, paper_scan, phone_photo
 
 Send = Callable[[httpx.AsyncClient, str], Awaitable[int | None]]  # a status, or None: nothing to check
 Sample = dict[int, tuple[float, int]]  # pid -> (RSS MiB, open fds)
@@ -149,8 +133,8 @@ def sample(server_pid: int) -> Sample:
     """RSS (MiB) and open fds of the server process and each worker."""
     out = {}
     for pid in [server_pid, *workers(server_pid)]:
-        with contextlib.suppress(FileNotFoundError):  # a worker that just ended
-            out[pid] = (rss_mb(pid), open_fds(pid))
+        with contextlib.suppress(FileNotFoundError, KeyError):  # a worker that just ended (or not reaped yet)
+            out[pid] = (status(pid)["VmRSS"] / MB, open_fds(pid))
     return out
 
 
@@ -193,16 +177,20 @@ async def soak(url: str, server_pid: int, duration: float, clients: int, every_s
 
 def print_samples(baseline: Sample, samples: list[tuple[float, Sample]], after: Sample) -> None:
     pids = sorted(baseline)
-    print("\n| t s | " + " | ".join(f"pid {p} RSS MiB / fds" for p in pids) + " |")
-    print("|---:|" + "---:|" * len(pids))
     rows = [("before", baseline), *((f"{t:.0f}", values) for t, values in samples), ("idle after", after)]
-    for label, values in rows:
-        cells = [f"{values[p][0]:.0f} / {values[p][1]}" if p in values else "gone" for p in pids]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    table(
+        ["t s", *(f"pid {p} RSS MiB / fds" for p in pids)],
+        (
+            [label, *(f"{values[p][0]:.0f} / {values[p][1]}" if p in values else "gone" for p in pids)]
+            for label, values in rows
+        ),
+        "r" * (len(pids) + 1),
+    )
 
 
-def checks(result: dict, baseline: Sample, after: Sample, duration: float) -> list[tuple[str, str, bool]]:
-    """(target, measured, passed) for each pass condition in the module docstring."""
+def checks(result: dict, baseline: Sample, after: Sample, duration: float) -> list[Target]:
+    """Each pass condition in the module docstring."""
     kinds, seen, errors, samples = result["kinds"], result["seen"], result["errors"], result["samples"]
     wrong = {(kind, status): n for (kind, status), n in seen.items() if status not in kinds[kind][1]}
     pids = sorted(baseline)
@@ -211,15 +199,17 @@ def checks(result: dict, baseline: Sample, after: Sample, duration: float) -> li
     end = samples[-1][1]
     growth = {p: round(end[p][0] - mid[p][0], 1) for p in pids if p in mid and p in end}
     return [
-        ("every answer has its kind's status (no 5xx)", f"{sum(wrong.values())} others: {wrong}", not wrong),
-        ("no transport errors", f"{sum(errors.values())}: {dict(errors)}", not errors),
-        ("no worker crashed (same pids)", f"{pids} -> {sorted(after)}", sorted(after) == pids),
-        (
+        Target(
+            "every answer has its kind's status (no 5xx)", f"{sum(wrong.values())} others: {wrong}", not wrong
+        ),
+        Target("no transport errors", f"{sum(errors.values())}: {dict(errors)}", not errors),
+        Target("no worker crashed (same pids)", f"{pids} -> {sorted(after)}", sorted(after) == pids),
+        Target(
             "fds back to the baseline once idle (before, after)",
             str(fds),
             all(a == b for a, b in fds.values()),
         ),
-        (
+        Target(
             "RSS growth over the second half <= max(16 MiB, 5 %)",
             f"{growth} MiB",
             len(growth) == len(pids) and all(growth[p] <= max(16.0, 0.05 * mid[p][0]) for p in pids),
@@ -228,35 +218,30 @@ def checks(result: dict, baseline: Sample, after: Sample, duration: float) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--duration", type=float, default=300.0, help="seconds of traffic (default 300)")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS/fd samples")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--duration", type=float, default=300.0, help="seconds of traffic (default 300)")
+    options.add_argument("--clients", type=int, default=16)
+    options.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS/fd samples")
+    args = options.parse_args()
     settings = Settings()
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, run_server(Path(tmp), workers=2) as server:
-        pid = server.process.pid
+    load = MachineLoad()
+    with server(workers=2) as live:
+        pid = live.process.pid
         time.sleep(1.0)
         baseline = sample(pid)
-        result = asyncio.run(soak(server.url, pid, args.duration, args.clients, args.sample_s))
+        result = asyncio.run(soak(live.url, pid, args.duration, args.clients, args.sample_s))
         time.sleep(max(settings.keepalive_timeout_s, settings.head_timeout_s, settings.body_timeout_s) + 1)
         after = sample(pid)
-    load_after = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs; 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(load.report())
     print(f"\n{sum(result['seen'].values()):,} requests in {args.duration:g} s from {args.clients} clients\n")
-    print("| kind | statuses |\n|---|---|")
+    statuses = []
     for kind, (_, allowed) in result["kinds"].items():
         got = {status: n for (name, status), n in result["seen"].items() if name == kind}
-        print(f"| {kind} | {got} (expected {sorted(allowed, key=str)}) |")
+        statuses.append([kind, f"{got} (expected {sorted(allowed, key=str)})"])
+    table(["kind", "statuses"], statuses)
     print_samples(baseline, result["samples"], after)
-    rows = checks(result, baseline, after, args.duration)
-    print("\n| target | measured | pass |\n|---|---|---|")
-    for target, measured, passed in rows:
-        print(f"| {target} | {measured} | {'yes' if passed else '**no**'} |")
-    sys.exit(0 if all(passed for _, _, passed in rows) else 1)
+    print()
+    sys.exit(0 if print_targets(checks(result, baseline, after, args.duration)) else 1)
 
 
 if __name__ == "__main__":

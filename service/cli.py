@@ -117,7 +117,7 @@ def _environment_help() -> str:
 
 
 def settings_table() -> str:
-    """The README's configuration table (tests/test_readme.py checks they are equal)."""
+    """The README's configuration table (tests/system/test_readme.py checks they are equal)."""
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     lines += [
         f"| `{variable}` | `{default}` | {meaning} |" for variable, default, meaning in Settings.reference()

@@ -1,6 +1,6 @@
 """What the OpenAPI document says beyond what FastAPI infers from the routes: the error responses each route
 can give (one JSON shape for all of them), the X-Request-ID header on every response, and the pixel
-schemas. schemathesis checks the document against a real server (tests/test_openapi.py)."""
+schemas. schemathesis checks the document against a real server (tests/system/test_openapi.py)."""
 
 from __future__ import annotations
 

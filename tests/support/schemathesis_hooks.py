@@ -1,4 +1,4 @@
-"""schemathesis extensions for tests/test_openapi.py (named in tests/schemathesis.toml).
+"""schemathesis extensions for tests/system/test_openapi.py (named in tests/support/schemathesis.toml).
 
 JSON Schema can say "binary" but not "a decodable image of a digit" or "whole 28 x 28 uint8 images", so
 for those media types schemathesis draws bodies from these strategies: a printed digit on paper (random

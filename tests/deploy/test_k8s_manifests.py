@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.liveserver import ROOT, LiveServer
+from tests.support.liveserver import ROOT, LiveServer
 
 K8S = ROOT / "docker" / "k8s"
 REQUIRED_SPEC = {

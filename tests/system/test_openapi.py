@@ -4,7 +4,8 @@ documented, responses matching their schema, valid data accepted, invalid data r
 of a 405, ... A fixed example budget and seed keep the run bounded (about 40 s here) and repeatable.
 
 The schemathesis CLI runs in its own process (its pytest plugin does not work with pytest 9); settings
-and the strategies for image and raw bodies are in tests/schemathesis.toml and tests/schemathesis_hooks.py.
+and the strategies for image and raw bodies are in tests/support/schemathesis.toml and
+tests/support/schemathesis_hooks.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.liveserver import ROOT
+from tests.support.liveserver import ROOT
 
 EXAMPLES = 15  # per operation and phase
 SEED = 0
@@ -30,7 +31,7 @@ def test_schemathesis_finds_nothing(server_factory, tmp_path: Path) -> None:
             Path(sys.executable).with_name("schemathesis"),
             "--no-color",
             "--config-file",
-            ROOT / "tests" / "schemathesis.toml",
+            ROOT / "tests" / "support" / "schemathesis.toml",
             "run",
             f"{server.url}/openapi.json",
             "--checks=all",
@@ -41,7 +42,7 @@ def test_schemathesis_finds_nothing(server_factory, tmp_path: Path) -> None:
             f"--header=Authorization: Bearer {ADMIN_KEY}",
             f"--report-dir={tmp_path}",
         ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the hooks module is tests.schemathesis_hooks
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the hooks module is tests.support.schemathesis_hooks
         run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         metrics = httpx.get(f"{server.url}/metrics").text
     output = run.stdout + run.stderr

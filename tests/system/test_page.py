@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import require_program
-from tests.liveserver import ROOT, LiveServer
+from tests.support.liveserver import ROOT, LiveServer
+from tests.support.machine import require_program
 from trainer.data import load_test
 from trainer.realistic import encode
 

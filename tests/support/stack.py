@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.liveserver import ROOT
+from tests.support.liveserver import ROOT
 
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "mnist.json"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"

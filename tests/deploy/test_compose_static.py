@@ -15,9 +15,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from tests.conftest import require_program
-from tests.liveserver import ROOT, LiveServer
-from tests.stack import (
+from tests.support.liveserver import ROOT, LiveServer
+from tests.support.machine import require_program
+from tests.support.stack import (
     DASHBOARD,
     METRIC,
     PROMETHEUS_CONFIG,

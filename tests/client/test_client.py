@@ -20,8 +20,7 @@ from PIL import Image, ImageDraw
 
 from mnist_client import AsyncClient, Client, MnistError, ModelRef, Prediction
 from mnist_client.cli import Outcome, table
-from tests.liveserver import LiveServer, free_port
-from tests.test_service_server import metric_sum
+from tests.support.liveserver import LiveServer, free_port, metric_sum
 from trainer.realistic import encode
 
 API_KEY = "client-test-key"

@@ -2,7 +2,7 @@
 the offline way (WHEELS=wheelhouse, on a Debian stand-in for python:3.11-slim) and runs it; then
 `docker compose up` brings api + Prometheus up. The default online way (pip from the package index) is checked
 as far as this machine allows: its locks resolve on the index with the same hashes, and hadolint reads the
-Dockerfiles (tests/test_compose_static.py)."""
+Dockerfiles (tests/deploy/test_compose_static.py)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ import pytest
 from pip._vendor.packaging.utils import canonicalize_name, parse_wheel_filename
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_CI, require_program
-from tests.liveserver import ROOT, free_port
-from tests.stack import VARIANTS, one_digit, query, wait_for
+from tests.support.liveserver import ROOT, free_port
+from tests.support.machine import IN_CI, require_program
+from tests.support.stack import VARIANTS, one_digit, query, wait_for
 
 pytestmark = pytest.mark.docker
 CI_SCRIPTS = ROOT / "docker" / "ci"

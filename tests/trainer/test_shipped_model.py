@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.liveserver import ROOT
+from tests.support.liveserver import ROOT
 from trainer import openset
 from trainer.data import load_test
 from trainer.export import DIGIT_SCORE, PROBABILITIES, run_onnx

@@ -22,7 +22,7 @@ from service.images import (
     to_mnist,
 )
 from service.images import decode as decoding
-from tests.liveserver import ROOT
+from tests.support.liveserver import ROOT
 from trainer.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
 
 MAX_PIXELS = 40_000_000

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from service.settings import cores
-from tests.liveserver import metric_sum, start_server, stop
-from tests.service_model import NAME, VERSION
+from tests.support.liveserver import metric_sum, start_server, stop
+from tests.support.model import NAME, VERSION
+from tests.support.queueing import Held, answer_while_held
 from trainer.realistic import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
@@ -188,28 +189,17 @@ def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -
 # --- cheap refusals ------------------------------------------------------------------------------------
 
 
-async def refuse_unread(url: str, head: bytes) -> tuple[bytes, bool] | None:
-    """Hold the batching queue with one request (its batch waits to fill), then send a request's `head`
-    and never its body. The response head and whether the held request was still waiting then, or None
-    if the held request finished before the refusal came."""
-    port = int(url.rsplit(":", 1)[1])
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        held = asyncio.create_task(client.post("/predict", json={"pixels": PIXELS[0]}))
-        deadline = time.monotonic() + 5
-        while metric_sum((await client.get("/metrics")).text, "mnist_queue_depth") < 1:
-            assert time.monotonic() < deadline, "the held request never queued"
-            await asyncio.sleep(0.01)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def unread_head(url: str, head: bytes) -> bytes:
+    """Send a request's `head` and never its body; the response head (empty if none came within 3 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    try:
         writer.write(head)
         await writer.drain()
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=3)
-        except asyncio.TimeoutError:
-            head = None
-        waiting = not held.done()
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=3)
+    except asyncio.TimeoutError:
+        return b""
+    finally:
         writer.close()
-        assert (await held).status_code == 200
-        return None if head is None and not waiting else (head or b"", waiting)
 
 
 # Heads of requests whose headers promise 64 images: raw uint8, and V2 binary FP32 tensors after a
@@ -235,16 +225,13 @@ def test_full_queue_refuses_before_reading_the_body(server_factory, model_env, k
         "MNIST_MAX_BATCH_SIZE": "128",  # never full: a queued batch waits the whole MNIST_MAX_BATCH_WAIT_MS
         "MNIST_MAX_BATCH_WAIT_MS": "1000",
     }
+    one = json.dumps({"pixels": PIXELS[0]}).encode()
+    held = Held("/predict", one, {"Content-Type": "application/json"}, items=1)
     with server_factory(workers=1, env=env) as server:
-        for _ in range(3):  # the hold lasts 1 s: a machine too busy to refuse within it tries again
-            outcome = asyncio.run(refuse_unread(server.url, UNSENT[kind]))
-            if outcome is not None:
-                break
-        assert outcome is not None, "the held request always finished before the refusal"
-        head, waiting = outcome
+        # refused while the queue was held (the hold lasts 1 s: a machine too busy for it tries again)
+        head = answer_while_held(server.url, held, lambda client: unread_head(server.url, UNSENT[kind]))
         assert head.startswith(b"HTTP/1.1 503 "), head
         assert b"retry-after: 1" in head.lower()
-        assert waiting, "refused while the queue was held"
         body = np.asarray(PIXELS, np.uint8).reshape(64, 784).tobytes()
         octet = {"Content-Type": "application/octet-stream"}
         assert httpx.post(f"{server.url}/predict/batch", content=body, headers=octet).status_code == 200

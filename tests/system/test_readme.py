@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from service.cli import settings_table
-from tests.liveserver import ROOT
+from tests.support.liveserver import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-import re
-import time
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,7 +18,8 @@ from tritonclient.utils import InferenceServerException
 from service.app import create_app
 from service.settings import Settings
 from service.v2_protocol import HEADER_LENGTH
-from tests.liveserver import LiveServer
+from tests.support.liveserver import LiveServer
+from tests.support.queueing import Held, answer_while_held
 from trainer.data import load_test
 
 MODEL = "lenet5"
@@ -356,17 +354,15 @@ def test_full_queue_is_503_with_retry_after(server_factory: Callable, images: np
         "MNIST_MAX_BATCH_WAIT_MS": "1000",
     }
     body, headers = binary_request(uint8_header(64), images.tobytes())
-    with server_factory(workers=1, env=env) as server, ThreadPoolExecutor(1) as pool:
-        first = pool.submit(httpx.post, server.url + INFER, content=body, headers=headers, timeout=30)
-        deadline = time.monotonic() + 10
-        while not re.search(
-            r"^mnist_queue_depth\{.*\} 64\.0$", httpx.get(f"{server.url}/metrics").text, re.M
-        ):
-            assert time.monotonic() < deadline and not first.done(), "the first request never queued"
-        second = httpx.post(server.url + INFER, content=body, headers=headers)
+    with server_factory(workers=1, env=env) as server:
+        # the first request is held in the queue (and then answered 200) while the second one comes
+        second = answer_while_held(
+            server.url,
+            Held(INFER, body, headers, items=64),
+            lambda client: client.post(INFER, content=body, headers=headers),
+        )
         assert second.status_code == 503 and second.headers["retry-after"], second.text
         assert "busy" in second.json()["error"]
-        assert first.result().status_code == 200
 
 
 def test_not_ready_is_503_with_retry_after() -> None:

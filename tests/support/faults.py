@@ -1,5 +1,6 @@
-"""Faulty and hostile clients over raw sockets, closed-loop normal traffic, and a server's processes as
-Linux /proc shows them. Shared by tests/test_reliability.py, bench/reliability.py and bench/soak.py."""
+"""Faulty and hostile clients over raw sockets, closed-loop normal traffic, and the scenarios built from them
+(SIGTERM or a worker SIGKILLed under load). Shared by tests/system/test_reliability.py, bench/reliability.py
+and bench/soak.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-from tests.liveserver import metric_sum
+from tests.support.liveserver import metric_sum
+from tests.support.procfs import workers
 
 # One digit-like JSON request, the normal traffic.
 PIXELS = np.random.default_rng(3).integers(0, 256, (28, 28)).tolist()
@@ -150,9 +152,12 @@ class Traffic:
         return float(np.quantile(self.latencies, q)) if self.latencies else math.nan
 
 
-async def closed_loop(url: str, clients: int, stop: asyncio.Event) -> Traffic:
+async def closed_loop(
+    url: str, clients: int, stop: asyncio.Event, give_up: asyncio.Event | None = None
+) -> Traffic:
     """`clients` keep-alive connections, each posting one JSON digit to /predict as soon as its last answer
-    came, until `stop` is set. A transport error is counted and retried on a new connection."""
+    came, until `stop` is set. A transport error is counted and retried on a new connection; once `give_up`
+    is set, it ends that client instead (the server is going away: retrying would count reconnects)."""
     traffic = Traffic()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Content-Type": "application/json"}
@@ -165,6 +170,8 @@ async def closed_loop(url: str, clients: int, stop: asyncio.Event) -> Traffic:
                     response = await client.post("/predict", content=JSON_BODY, headers=headers)
                 except httpx.TransportError as exc:
                     traffic.errors[type(exc).__name__] += 1
+                    if give_up is not None and give_up.is_set():
+                        return
                     await asyncio.sleep(0.05)
                     continue
                 traffic.latencies.append(time.monotonic() - started)
@@ -185,35 +192,6 @@ async def huge_head_during_traffic(url: str, size: int, clients: int = 4) -> tup
     await asyncio.sleep(0.5)
     stop.set()
     return refusal, await load
-
-
-def workers(server_pid: int) -> list[int]:
-    """The worker processes of a multi-worker `python -m service` (multiprocessing spawns them)."""
-    pids = []
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        for child in children:
-            try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    pids.append(int(child))
-            except FileNotFoundError:  # ended meanwhile
-                pass
-    return sorted(pids)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def collected(metrics_dir: Path, pattern: str = "*.db") -> str:
@@ -247,11 +225,13 @@ async def stalls_during_traffic(
 
 
 async def sigterm_under_load(url: str, process: subprocess.Popen, clients: int) -> tuple[Traffic, float]:
-    """`clients` post JSON digits; after 1.5 s the server gets SIGTERM. What they saw until it exited, and
-    how long it took to exit (inf: not within 20 s)."""
-    stop = asyncio.Event()
-    load = asyncio.create_task(closed_loop(url, clients, stop))
+    """`clients` post JSON digits; after 1.5 s the server gets SIGTERM. What they saw until it exited (each
+    client ends at its first transport error after the signal), and how long it took to exit (inf: not
+    within 20 s)."""
+    stop, signalled = asyncio.Event(), asyncio.Event()
+    load = asyncio.create_task(closed_loop(url, clients, stop, give_up=signalled))
     await asyncio.sleep(1.5)
+    signalled.set()
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     while process.poll() is None and time.monotonic() - sent < 20:

@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from service.app import create_app
 from service.settings import Settings
-from tests.liveserver import metric_sum
-from tests.service_model import DIGIT_THRESHOLD, NAME, TEST_ACCURACY, VERSION
+from tests.support.liveserver import metric_sum
+from tests.support.model import DIGIT_THRESHOLD, NAME, TEST_ACCURACY, VERSION
 from trainer.realistic import encode
 
 RNG = np.random.default_rng(0)

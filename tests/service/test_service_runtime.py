@@ -15,7 +15,7 @@ from service.batching import Batcher
 from service.errors import ApiError
 from service.runtime import CPU, CUDA, CUDA_OPTIONS, ModelLoadError, ModelRuntime, requested_providers
 from service.settings import Settings
-from tests.service_model import NAME, VERSION, build_model
+from tests.support.model import NAME, VERSION, build_model
 
 
 @pytest.fixture(scope="module")

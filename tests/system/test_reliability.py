@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults import (
+from tests.support.faults import (
     JSON_BODY,
     Traffic,
     address,
@@ -28,9 +28,9 @@ from tests.faults import (
     stall,
     stalls_during_traffic,
     until_closed,
-    workers,
 )
-from tests.liveserver import LiveServer, metric_sum
+from tests.support.liveserver import LiveServer, metric_sum
+from tests.support.procfs import workers
 
 TIMEOUT_S = 1.0  # head, body and keep-alive timeouts of the strict server
 SLACK_S = 2.0  # on top of a timeout: 100 connections on one worker, on a shared machine
@@ -212,6 +212,11 @@ def test_sigterm_under_load_drops_no_accepted_request(server_factory, model_env,
     assert traffic.statuses[200] > 100  # the load was real
     assert served == traffic.statuses[200]
     assert in_flight(text) == 0
+    # None before the signal; after it a client may lose the request it had sent on a connection the server
+    # closed without reading it, or be refused its next one, and then stops: one closed connection each at
+    # most, and never a timeout (a request the server kept and did not answer).
+    closed = {"ConnectError", "ReadError", "WriteError", "RemoteProtocolError"}
+    assert sum(traffic.errors.values()) <= 16 and set(traffic.errors) <= closed, traffic.errors
 
 
 def test_worker_sigkill_under_load_leaves_metrics_right(server_factory, model_env, tmp_path: Path) -> None:

@@ -11,9 +11,16 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import require_program
-from tests.liveserver import LiveServer, free_port, stop
-from tests.stack import PROMETHEUS_CONFIG, as_prometheus_query, dashboard_exprs, query, send_traffic, wait_for
+from tests.support.liveserver import LiveServer, free_port, stop
+from tests.support.machine import require_program
+from tests.support.stack import (
+    PROMETHEUS_CONFIG,
+    as_prometheus_query,
+    dashboard_exprs,
+    query,
+    send_traffic,
+    wait_for,
+)
 
 PREDICTIONS = 20
 PREDICT_COUNT = 'sum(mnist_request_duration_seconds_count{route="/predict", status="200"})'
