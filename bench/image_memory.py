@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.liveserver import LiveServer, run_server  # noqa: E402
-from trainer.realistic import encode, large_canvas  # noqa: E402
+from trainer.synth.exports import large_canvas  # noqa: E402
+from trainer.synth.paper import encode  # noqa: E402
 
 MB = 1024 * 1024
 CLOSED = re.compile(r'^mnist_errors_total\{[^}]*reason="client_closed"[^}]*\} (\S+)$', re.MULTILINE)

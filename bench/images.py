@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from service import preprocess  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place  # noqa: E402
+from trainer.synth.digits import KINDS, mnist_test  # noqa: E402
+from trainer.synth.ink import mnist_ink  # noqa: E402
+from trainer.synth.paper import encode, place  # noqa: E402
 
 MAX_PIXELS = Settings().max_image_pixels
 Pipeline = Callable[[bytes], np.ndarray]

@@ -30,11 +30,14 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer import openset, synthetic  # noqa: E402
+from service.contract import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES  # noqa: E402
+from trainer import openset  # noqa: E402
 from trainer.data import Split, load_test  # noqa: E402
-from trainer.export import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES, run_onnx  # noqa: E402
-from trainer.negatives import KINDS  # noqa: E402
+from trainer.export import run_onnx  # noqa: E402
 from trainer.report import plot_digit_scores, plot_mistakes, write_card  # noqa: E402
+from trainer.synth import recipes  # noqa: E402
+from trainer.synth.negatives import KINDS  # noqa: E402
+from trainer.synth.render import Part  # noqa: E402
 
 
 def threshold_of(model: Path) -> float:
@@ -76,7 +79,7 @@ def update_card(model: Path, test: Split) -> None:
     path = model.with_suffix(".json")
     card = json.loads(path.read_text())
     recipe = card["not_a_digit"]["test_set"]
-    rendered = openset.test_set(test, [synthetic.Part(*part) for part in recipe["recipe"]], recipe["seed"])
+    rendered = openset.test_set(test, [Part(*part) for part in recipe["recipe"]], recipe["seed"])
     threshold = card["digit_threshold"]
     card["not_a_digit"].update(openset.measure(model, threshold, test, rendered))
     write_card(path, card)
@@ -95,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "lenet5.onnx")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
-    defaults = {p.source: p.count for p in synthetic.TEST}
+    defaults = {p.source: p.count for p in recipes.TEST}
     parser.add_argument(
         "--realistic", type=int, default=defaults["realistic"], help="images per realistic kind"
     )
@@ -103,7 +106,7 @@ def main() -> None:
     parser.add_argument(
         "--negatives", type=int, default=defaults["negative"], help="images per non-digit kind"
     )
-    parser.add_argument("--seed", type=int, default=synthetic.SEEDS["test"])
+    parser.add_argument("--seed", type=int, default=recipes.SEEDS["test"])
     parser.add_argument("--threshold", type=float, help="default: the model's digit_threshold metadata")
     parser.add_argument("--cost", action="store_true", help="measure the CPU cost of digit_score instead")
     parser.add_argument("--update-card", action="store_true", help="re-measure the card's figures into it")
@@ -117,7 +120,7 @@ def main() -> None:
 
     threshold = args.threshold if args.threshold is not None else threshold_of(args.model)
     test = load_test(args.data)
-    parts = synthetic.recipe(args.realistic, args.drawn, dict.fromkeys(KINDS, args.negatives), figures=True)
+    parts = recipes.recipe(args.realistic, args.drawn, dict.fromkeys(KINDS, args.negatives), figures=True)
     started = time.perf_counter()
     rendered = openset.test_set(test, parts, args.seed)
     figures = openset.measure(args.model, threshold, test, rendered)

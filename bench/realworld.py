@@ -19,10 +19,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.preprocess import ImageError, load_image, to_mnist  # noqa: E402
 from service.runtime import PROBABILITIES, ModelRuntime  # noqa: E402
 from service.settings import Settings, cores  # noqa: E402
-from trainer.realistic import KINDS, encode, generate, mnist_test  # noqa: E402
+from trainer.synth import render  # noqa: E402
+from trainer.synth.digits import KINDS, generate, mnist_test  # noqa: E402
+from trainer.synth.paper import encode  # noqa: E402
 
 MAX_PIXELS = Settings().max_image_pixels
 
@@ -40,9 +41,9 @@ def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]
     start = time.process_time()
     for i, data in enumerate(files):
         try:
-            out[i] = to_mnist(load_image(data, MAX_PIXELS))
+            out[i] = render.through_pipeline(data, MAX_PIXELS)
             ok[i] = True
-        except ImageError:
+        except render.ImageError:
             pass
     return out, ok, (time.process_time() - start) * 1000 / max(1, len(files))
 

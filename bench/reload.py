@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from service.model import references  # noqa: E402
 from tests.liveserver import run_server  # noqa: E402
 from tests.service_model import build_model  # noqa: E402
-from trainer.realistic import encode  # noqa: E402
+from trainer.synth.paper import encode  # noqa: E402
 
 SHIPPED = ROOT / "models" / "lenet5.onnx"
 NAME = "lenet5"

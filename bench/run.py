@@ -42,7 +42,8 @@ from service.runtime import ModelRuntime  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.liveserver import LiveServer, free_port, run_server, stop  # noqa: E402
 from trainer.data import load_test  # noqa: E402
-from trainer.realistic import canvas_png, encode, lined, phone_photo  # noqa: E402
+from trainer.synth.digits import canvas_png, lined, phone_photo  # noqa: E402
+from trainer.synth.paper import encode  # noqa: E402
 
 BATCH = 256
 LEVELS = (1, 32)

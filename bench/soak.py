@@ -50,7 +50,9 @@ from tests.faults import (  # noqa: E402
     workers,
 )
 from tests.liveserver import run_server  # noqa: E402
-from trainer.realistic import encode, font_ink, paper_scan, phone_photo  # noqa: E402
+from trainer.synth.digits import paper_scan, phone_photo  # noqa: E402
+from trainer.synth.ink import font_ink  # noqa: E402
+from trainer.synth.paper import encode  # noqa: E402
 
 Send = Callable[[httpx.AsyncClient, str], Awaitable[int | None]]  # a status, or None: nothing to check
 Sample = dict[int, tuple[float, int]]  # pid -> (RSS MiB, open fds)

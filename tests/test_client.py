@@ -22,7 +22,7 @@ from mnist_client import AsyncClient, Client, MnistError, ModelRef, Prediction
 from mnist_client.cli import Outcome, table
 from tests.liveserver import LiveServer, free_port
 from tests.test_service_server import metric_sum
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 API_KEY = "client-test-key"
 BATCH_LIMIT = 16  # MNIST_MAX_BATCH_ITEMS of the configured server

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.image_memory import MB, abandon, canvas, closed_count, post, reset_peak, status
-from trainer.realistic import large_canvas
+from trainer.synth.exports import large_canvas
 
 SIDE = 6300  # issue 14: a valid PNG of ~170 KB, 159 MB decoded, under the 40 Mpx per-image limit
 

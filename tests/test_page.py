@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import require_program
 from tests.liveserver import ROOT, LiveServer
 from trainer.data import load_test
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [

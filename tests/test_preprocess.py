@@ -21,7 +21,9 @@ from service.preprocess import (
     to_mnist,
 )
 from tests.liveserver import ROOT
-from trainer.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
+from trainer.synth.digits import KINDS, generate, mnist_test
+from trainer.synth.exports import large_canvas
+from trainer.synth.paper import encode, finish, paper, specks
 
 MAX_PIXELS = 40_000_000
 

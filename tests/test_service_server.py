@@ -18,7 +18,7 @@ from PIL import Image
 from service.settings import cores
 from tests.liveserver import metric_sum, start_server, stop
 from tests.service_model import NAME, VERSION
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 

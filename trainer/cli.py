@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from trainer import openset, synthetic
+from trainer import openset
 from trainer.calibrate import ACCEPT, ECE_BINS, digit_threshold, expected_calibration_error, fit_temperature
 from trainer.data import DATA_DIR_ENV, MnistError, Split, load_mnist
 from trainer.export import (
@@ -34,7 +34,6 @@ from trainer.export import (
     write_metadata,
 )
 from trainer.model import count_parameters
-from trainer.negatives import HELD_OUT
 from trainer.report import (
     confusion_matrix,
     per_class,
@@ -46,6 +45,9 @@ from trainer.report import (
     sha256_file,
     write_card,
 )
+from trainer.synth import recipes
+from trainer.synth.cache import cached_render
+from trainer.synth.negatives import HELD_OUT
 from trainer.train import TrainConfig, pick_device, predict, train
 
 NAME, VERSION = "lenet5", "2.0.0"
@@ -69,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--limit",
         type=int,
-        help=f"train on the first N MNIST training images only, and {synthetic.SMOKE_COUNT} synthetic images "
+        help=f"train on the first N MNIST training images only, and {recipes.SMOKE_COUNT} synthetic images "
         "of each kind in every set (smoke tests)",
     )
     parser.add_argument("--conv", type=int, nargs=2, default=DEFAULTS.conv, help="conv channels")
@@ -124,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     # Synthetic images through the service's pipeline: train and validation sets (cached); tiny with --limit.
     smoke = args.limit is not None
     started, cpu_started = time.perf_counter(), time.process_time()
-    extra = synthetic.cached_render("train", data.train, smoke, args.workers)
-    validation = synthetic.cached_render("validation", data.validation, smoke, args.workers)
+    extra = cached_render("train", data.train, smoke, args.workers)
+    validation = cached_render("validation", data.validation, smoke, args.workers)
     rendering = {
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_seconds": round(
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(partial, onnx_path)
 
     # Digit or not on fresh test images: realistic digits from MNIST test digits, every negative kind.
-    test_parts = synthetic.recipe_for(synthetic.TEST, smoke)
+    test_parts = recipes.recipe_for(recipes.TEST, smoke)
     rendered = openset.test_set(data.test, test_parts, workers=args.workers)
     figures = openset.measure(onnx_path, threshold, data.test, rendered)
 
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             "validation_negatives_rejected": float((val_negative_scores < threshold).mean()),
             "held_out_kinds": HELD_OUT,
             "test_set": {
-                "seed": synthetic.SEEDS["test"],
+                "seed": recipes.SEEDS["test"],
                 "recipe": [[p.source, p.kind, p.count, p.drop_strokes] for p in test_parts],
                 "measured_with": "trainer.openset.measure (bench/notdigit.py prints the same table)",
             },

@@ -10,17 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
+from service.contract import DIGIT_SCORE, PROBABILITIES
 from trainer.calibrate import auroc
 from trainer.data import Split
-from trainer.export import DIGIT_SCORE, PROBABILITIES, run_onnx
-from trainer.synthetic import TEST, Part, Rendered, render
+from trainer.export import run_onnx
+from trainer.synth.recipes import SEEDS, TEST
+from trainer.synth.render import Part, Rendered, render
 
 # An image the pipeline rejects ("no digit found") never reaches the model: for AUROC it ranks below all.
 PIPELINE_REJECTED_SCORE = -1.0
 
 
 def test_set(
-    mnist_test: Split, parts: list[Part] = TEST, seed: int = 3, workers: int | None = None
+    mnist_test: Split, parts: list[Part] = TEST, seed: int = SEEDS["test"], workers: int | None = None
 ) -> Rendered:
     """Fresh realistic digits (from MNIST test digits) and negatives of every kind, through the pipeline."""
     return render(parts, seed, mnist_test, workers)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global fig
 from trainer.calibrate import reliability
 from trainer.data import Split
 from trainer.export import DIGIT_SCORE, PROBABILITIES
-from trainer.synthetic import Rendered
+from trainer.synth.render import Rendered
 from trainer.train import History
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from trainer.calibrate import digit_threshold
 from trainer.data import Mnist, Split
 from trainer.model import LeNet5
-from trainer.synthetic import NOT_DIGIT, Rendered
+from trainer.synth.render import NOT_DIGIT, Rendered
 
 
 @dataclass
