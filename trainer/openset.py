@@ -6,6 +6,7 @@ tests/test_shipped_model.py (which re-measure them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,20 @@ def measure(model: Path, threshold: float, mnist_test: Split, rendered: Rendered
                 "excluded_as_stroke": rendered.excluded.get(name, 0),
             }
     return {"threshold": threshold, "digits": digits, "negatives": rejected}
+
+
+@dataclass
+class Measured:
+    """A digit-or-not test set: its recipe, its images and their figures (`measure`)."""
+
+    parts: list[Part]
+    rendered: Rendered
+    figures: dict
+
+
+def measure_test_set(
+    model: Path, threshold: float, mnist_test: Split, parts: list[Part], workers: int | None = None
+) -> Measured:
+    """Render the parts afresh (test seed, realistic kinds from MNIST test digits) and measure the model."""
+    rendered = test_set(mnist_test, parts, workers=workers)
+    return Measured(parts, rendered, measure(model, threshold, mnist_test, rendered))

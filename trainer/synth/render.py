@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from service import preprocess
+from service.contract import SIDE
 from service.preprocess import ImageError, load_image, to_mnist  # ImageError: what through_pipeline raises
 from trainer.data import Split
 from trainer.synth import Rng, digits, negatives
@@ -159,7 +160,7 @@ def render(parts: list[Part], seed: int, mnist: Split | None, workers: int | Non
             if left_out:
                 excluded[part.kind] += 1
                 continue
-            images.append(image if image is not None else np.zeros((28, 28), np.uint8))
+            images.append(image if image is not None else np.zeros((SIDE, SIDE), np.uint8))
             labels.append(label)
             kinds.append(names.index(part.kind))
             found.append(image is not None)
