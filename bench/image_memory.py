@@ -27,7 +27,7 @@ from bench.core import parser, server, table
 from tests.support.image_requests import abandon, canvas, closed_count, post
 from tests.support.liveserver import LiveServer
 from tests.support.procfs import MB, reset_peak, status
-from trainer.realistic import large_canvas
+from trainer.synth.exports import large_canvas
 
 
 @dataclass

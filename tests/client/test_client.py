@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from mnist_client import AsyncClient, Client, MnistError, ModelRef, Prediction
 from mnist_client.cli import Outcome, table
 from tests.support.liveserver import LiveServer, free_port, metric_sum
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 API_KEY = "client-test-key"
 BATCH_LIMIT = 16  # MNIST_MAX_BATCH_ITEMS of the configured server

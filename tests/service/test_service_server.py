@@ -19,7 +19,7 @@ from service.settings import cores
 from tests.support.liveserver import metric_sum, start_server, stop
 from tests.support.model import NAME, VERSION
 from tests.support.queueing import Held, answer_while_held
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
