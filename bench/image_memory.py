@@ -1,4 +1,4 @@
-"""Image memory and work per request (issue 14) against a real server: one worker, RSS read from /proc.
+"""Image memory and work per request against a real server: one worker, RSS read from /proc.
 
     python -m bench.image_memory [--side 6300] [--batch 16] [--seconds 6]
 

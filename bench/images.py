@@ -69,7 +69,7 @@ def canvas_page(rng: np.random.Generator, digit: np.ndarray, label: int) -> byte
     return encode(Image.fromarray(grey).convert("RGB"), "PNG")
 
 
-# kind -> (maker, issue 12 target in ms of server CPU per request, or None)
+# kind -> (maker, target in ms of server CPU per request, or None)
 TARGET_KINDS: dict[str, tuple[Callable[..., bytes], float | None]] = {
     "28x28 PNG, dark on light": (scan_png, 0.6),
     "28x28 PNG, MNIST white on black": (mnist_png, 0.6),

@@ -50,7 +50,7 @@ class Workload:
     label: str
     request: Request
     images: int = 1  # per request
-    cpu_target_us: float | None = None  # issue 12's bound on server CPU per request
+    cpu_target_us: float | None = None  # the target bound on server CPU per request
 
 
 @dataclass(frozen=True)

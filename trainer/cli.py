@@ -11,7 +11,7 @@ import torch
 
 from trainer import card, openset
 from trainer.calibrate import calibrate
-from trainer.data import DATA_DIR_ENV, Mnist, MnistError, load_mnist
+from trainer.data import DATA_DIR_ENV, Mnist, MnistDataError, load_mnist
 from trainer.ship import NAME, ship
 from trainer.synth.cache import TrainingSets, training_sets
 from trainer.synth.recipes import SMOKE_COUNT, TEST, recipe_for
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     config, device = training_config(args), pick_device(args.device)
     try:
         data = load_mnist(args.data_dir)
-    except MnistError as error:
+    except MnistDataError as error:
         print(f"mnist-train: {error}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from PIL import Image
 
 from service.settings import cores
-from tests.support.liveserver import metric_sum, start_server, stop
+from tests.support.liveserver import ROOT, metric_sum, start_server, stop
 from tests.support.model import NAME, VERSION
 from tests.support.queueing import Held, answer_while_held
 from trainer.synth.paper import encode
@@ -271,3 +273,12 @@ def test_json_logs_one_object_per_line_with_request_ids(server_factory, model_en
     assert requests[invalid.json()["request_id"]]["reason"] == "invalid_pixels"
     assert key not in text and '"pixels"' not in text  # no keys, no bodies
     assert json.dumps(PIXELS[0][14])[:40] not in text and "[7, 7" not in text  # no pixels
+
+
+def test_the_cli_starts_no_thread_before_it_blocks_sighup() -> None:
+    """A thread that exists before main() blocks SIGHUP would take a reload signal's default action (end the
+    server): numpy and onnxruntime start threads at import, so service.cli must not import them."""
+    code = "import os, service.cli; print(len(os.listdir('/proc/self/task')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
