@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         64, ge=1, le=4096, description="images per onnxruntime run; warm-up runs every size 1..this"
     )
+    warmup_min_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=600.0,
+        description="warm-up repeats every batch size until it has lasted this long: a deliberately slow "
+        "start (to rehearse a rollout or a worker restart); 0: each size once",
+    )
     inline_batch_max: int = Field(
         4,
         ge=0,
