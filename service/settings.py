@@ -29,7 +29,9 @@ class Settings(BaseSettings):
         description="ONNX model to serve; its card (test accuracy) is the .json beside it",
     )
     providers: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto: CUDA if it loads, else CPU; cuda: refuse to start without it; cpu"
+        "auto",
+        description="auto: CUDA if the driver sees a GPU and it loads, else CPU (the log says why); "
+        "cuda: refuse to start without it; cpu",
     )
     # Batching defaults measured with bench/batching.py on 2 cores (README "Configuration").
     max_batch_size: int = Field(
