@@ -1,5 +1,5 @@
-"""Issue 21's targets for readiness against real 2-worker servers (the shipped model, default settings): no
-503 "model is loading" from a server that says it is ready, and a quiet CPU start; one table.
+"""The readiness targets, against real 2-worker servers (the shipped model, default settings): no 503 "model
+is loading" from a server that says it is ready, and a quiet CPU start; one table.
 
     python -m bench.readiness [--starts 10] [--hogs 2] [--window 1.5] [--kills 3] [--clients 32]
 
