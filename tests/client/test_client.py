@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_client import AsyncClient, Client, MnistDataError, ModelRef, Prediction
+from mnist_client import AsyncClient, Client, MnistError, ModelRef, Prediction
 from mnist_client.cli import Outcome, table
 from tests.support.liveserver import LiveServer, free_port, metric_sum
 from trainer.synth.paper import encode
@@ -129,7 +129,7 @@ def test_batch_beyond_the_server_limit_is_chunked_in_order(configured_server: Li
     batch_route = {"route": "/predict/batch", "status": "200"}
     before = metric_sum(metrics(url), "mnist_request_duration_seconds_count", **batch_route)
     with Client(url, API_KEY) as client:
-        with pytest.raises(MnistDataError) as refused:  # the server's limit is real: one request of 40 fails
+        with pytest.raises(MnistError) as refused:  # the server's limit is real: one request of 40 fails
             client.predict_batch(images, chunk_size=40)
         assert refused.value.status == 413 and str(BATCH_LIMIT) in refused.value.message
         assert client.predict_batch(images, chunk_size=BATCH_LIMIT) == expected
@@ -164,11 +164,11 @@ def test_refusals_raise_with_the_server_message_and_are_not_retried(live_server:
     assert served.status_code == 422
     before = metric_sum(metrics(url), "mnist_errors_total", reason="no_digit")
     with Client(url, retries=5) as client:
-        with pytest.raises(MnistDataError) as blank_error:
+        with pytest.raises(MnistError) as blank_error:
             client.predict(blank)
-        with pytest.raises(MnistDataError) as unknown_format:
+        with pytest.raises(MnistError) as unknown_format:
             client.predict(b"this is not an image")
-        with pytest.raises(MnistDataError) as unknown_model:
+        with pytest.raises(MnistError) as unknown_model:
             client.model("lenet6")
     error = blank_error.value
     assert (error.status, error.reason, error.message) == (
@@ -186,7 +186,7 @@ def test_api_key(configured_server: LiveServer) -> None:
     url = configured_server.url
     for key in (None, "wrong-key"):
         with Client(url, key) as client:
-            with pytest.raises(MnistDataError) as refused:
+            with pytest.raises(MnistError) as refused:
                 client.predict(DIGITS[0])
             assert client.ready() is True  # probes need no key
         assert refused.value.status == 401 and "API key" in refused.value.message
@@ -208,7 +208,7 @@ def test_busy_server_503_is_retried_until_served(
     }
     images = np.random.default_rng(4).integers(1, 256, (16, 28, 28), dtype=np.uint8)
 
-    async def burst(url: str, retries: int) -> list[Prediction | MnistDataError]:
+    async def burst(url: str, retries: int) -> list[Prediction | MnistError]:
         async with AsyncClient(url, retries=retries, max_retry_s=60) as client:
             calls = (client.predict(image) for image in images)
             return await asyncio.gather(*calls, return_exceptions=True)
@@ -218,7 +218,7 @@ def test_busy_server_503_is_retried_until_served(
             Prediction.from_json(server_json(server.url, json={"pixels": i.tolist()})) for i in images
         ]
         without_retries = asyncio.run(burst(server.url, retries=0))
-        refused = [outcome for outcome in without_retries if isinstance(outcome, MnistDataError)]
+        refused = [outcome for outcome in without_retries if isinstance(outcome, MnistError)]
         assert refused, "the burst must overload this server"
         assert all(e.status == 503 and e.retry_after == 1.0 and "busy" in e.message for e in refused)
 
@@ -238,7 +238,7 @@ def test_connection_failures_are_retried_within_bounds() -> None:
     ):
         started = time.monotonic()
         with Client(url, retries=retries, max_retry_s=max_retry_s) as client:
-            with pytest.raises(MnistDataError) as failed:
+            with pytest.raises(MnistError) as failed:
                 client.predict(DIGITS[0])
             assert client.ready() is False
         elapsed = time.monotonic() - started
