@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     validation digits) -> export (the digit threshold on the exported graph, verified, atomically) -> the
     card (digit-or-not figures on fresh test images, plots)."""
     args = parse_args(argv)
-    config, device = training_config(args), pick_device(args.device)
+    config, (device, why_cpu) = training_config(args), pick_device(args.device)
+    if why_cpu is not None:
+        print(f"mnist-train: training on CPU, not CUDA: {why_cpu}")
     try:
         data = load_mnist(args.data_dir)
     except MnistDataError as error:

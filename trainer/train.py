@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from service import gpu
 from service.contract import PIXEL_MAX
 from trainer.calibrate import digit_threshold
 from trainer.data import Mnist, Split
@@ -58,17 +60,36 @@ class History:
     cpu_seconds: float = 0.0  # this process, all threads: not inflated by other processes sharing the CPU
 
 
-def pick_device(choice: str) -> torch.device:
-    """auto -> CUDA when present, else CPU; asking for CUDA on a machine without it is an error."""
+def cuda_problem() -> str | None:
+    """Why torch cannot train on CUDA here, or None. The driver is asked first (service/gpu.py): torch's own
+    CUDA start on a host without one only adds a warning to the answer."""
+    if torch.version.cuda is None:
+        return f"this PyTorch build ({torch.__version__}) has no CUDA"
+    problem = gpu.problem()
+    if problem is not None:
+        return problem
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+    return "PyTorch cannot use the GPU" + (f": {caught[0].message}" if caught else "")
+
+
+def pick_device(choice: str) -> tuple[torch.device, str | None]:
+    """auto -> CUDA when it can run, else CPU; with the reason when auto chose CPU (None otherwise).
+    Asking for CUDA where it cannot run is an error that says why."""
+    problem = cuda_problem() if choice != "cpu" else None
     if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("mnist-train: --device cuda: no CUDA device is available (use --device cpu or auto)")
+        choice = "cpu" if problem else "cuda"
+    elif choice == "cuda" and problem:
+        raise SystemExit(
+            f"mnist-train: --device cuda: CUDA cannot run here: {problem} (use --device cpu or auto)"
+        )
     if choice == "cpu":
         # One intra-op thread per core; more only adds contention on small convolutions.
         cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
         torch.set_num_threads(len(cores))
-    return torch.device(choice)
+    return torch.device(choice), problem if choice == "cpu" else None
 
 
 def seed_everything(seed: int) -> None:

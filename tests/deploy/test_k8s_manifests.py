@@ -1,14 +1,19 @@
-"""Kubernetes manifests (docker/k8s/): schema-level checks; the probes hit real routes of a live service."""
+"""Kubernetes manifests (docker/k8s/): schema-level checks; the probes hit real routes of a live service, and
+what they see while a server starts and while a worker is replaced."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import httpx
 import pytest
 import yaml
 
-from tests.support.liveserver import ROOT, LiveServer
+from tests.support.liveserver import READY_MARK, ROOT, LiveServer, start_server, stop
+from tests.support.procfs import workers
 
 K8S = ROOT / "docker" / "k8s"
 REQUIRED_SPEC = {
@@ -101,6 +106,52 @@ def test_probes_point_at_real_routes(container: dict, live_server: LiveServer) -
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         path = container[probe]["httpGet"]["path"]
         assert httpx.get(live_server.url + path, timeout=5).status_code == 200, path
+
+
+def probe(url: str, spec: dict) -> int | None:
+    """One probe as the kubelet makes it: the status, or None if the connection failed."""
+    try:
+        return httpx.get(url + spec["httpGet"]["path"], timeout=spec.get("timeoutSeconds", 1)).status_code
+    except httpx.TransportError:
+        return None
+
+
+def probes_until(server: LiveServer, container: dict, ready_lines: int, limit_s: float) -> list[tuple]:
+    """Every probe of the pod, round after round, until the log holds `ready_lines` ready lines and every
+    probe answered 200 after that: (probe, status, whether the log held them when the answer came)."""
+    seen, deadline = [], time.monotonic() + limit_s
+    names = ("startupProbe", "livenessProbe", "readinessProbe")
+    while time.monotonic() < deadline:
+        answers = [(name, probe(server.url, container[name])) for name in names]
+        ready = server.log.read_text(errors="replace").count(READY_MARK) >= ready_lines
+        seen += [(name, status, ready) for name, status in answers]
+        if ready and all(status == 200 for _, status in answers):
+            return seen
+        time.sleep(0.1)
+    raise TimeoutError(f"probes never all 200 within {limit_s} s: {seen[-3:]}")
+
+
+def test_probes_of_a_starting_pod_and_of_a_replaced_worker(container: dict, model_path, tmp_path) -> None:
+    """Warm-up held for 2 s (MNIST_WARMUP_MIN_S): until a worker is ready every probe is refused at
+    connect (the startupProbe's failures, which hold off liveness), never a 503; then all three are 200.
+    A worker SIGKILLed later: its replacement warms up while the probes reach the other worker, all 200."""
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # a cold GPU start, CUDA and all
+    for name in ("livenessProbe", "readinessProbe"):  # the startupProbe holds them off; a delay would only
+        assert "initialDelaySeconds" not in container[name], name  # postpone readiness
+    env = {"MNIST_MODEL_PATH": str(model_path), "MNIST_PROVIDERS": "cpu", "MNIST_WARMUP_MIN_S": "2"}
+    server = start_server(tmp_path / "server.log", workers=2, env=env)
+    try:
+        starting = probes_until(server, container, ready_lines=1, limit_s=60)
+        assert starting[0][1] is None, "probed too late: the start was not seen"
+        assert all(status is None for _, status, ready in starting if not ready), starting
+        assert {status for _, status, _ in starting} <= {None, 200}, starting
+        probes_until(server, container, ready_lines=2, limit_s=60)  # both workers warm
+        os.kill(workers(server.process.pid)[0], signal.SIGKILL)
+        replacing = probes_until(server, container, ready_lines=3, limit_s=60)
+        assert {status for _, status, _ in replacing} == {200}, replacing
+    finally:
+        stop(server.process)
 
 
 def test_pod_runs_as_the_image_user_without_privileges(objects: dict[str, dict], container: dict) -> None:
