@@ -32,7 +32,7 @@ from trainer.data import Split, load_test
 from trainer.export import run_onnx
 from trainer.report import plot_digit_scores, plot_mistakes, write_card
 from trainer.synth import recipes
-from trainer.synth.negatives import KINDS
+from trainer.synth.negatives import KINDS, TRAINED
 from trainer.synth.render import Part
 
 
@@ -127,8 +127,10 @@ def main() -> None:
         print(f"| {name} | {row['n']} | {100 * row['accepted']:.2f} % | {100 * row['accuracy']:.2f} % |")
     print("\n| not digits | trained on | n | rejected | by the pipeline | AUROC |")
     print("|---|---|---:|---:|---:|---:|")
+    card = args.model.with_suffix(".json")
+    trained_on = openset.trained_kinds(json.loads(card.read_text())) if card.is_file() else set(TRAINED)
     for name, row in figures["negatives"].items():
-        trained = "yes" if KINDS[name].trained else "**no**"
+        trained = "yes" if name in trained_on else "**no**"
         print(
             f"| {name} | {trained} | {row['n']} | {100 * row['rejected']:.1f} % "
             f"| {100 * row['pipeline_rejected']:.1f} % | {row['auroc']:.4f} |"
