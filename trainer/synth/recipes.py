@@ -27,9 +27,10 @@ def recipe(
 
 
 # Training: the symbol families and the letters carry the most (they reach the model and look like ink), noise
-# the least (the pipeline rejects most of it before the model). Sized so that the set costs about the CPU time
-# of the 11-kind set it replaces (measured per kind on a small sample: 17.1k negatives then, 16.9k now; each
-# symbol family renders in 19-28 ms, a letter in 20-23 ms, a scene crop in 28 ms, noise in 1-12 ms).
+# the least (the pipeline rejects most of it before the model). Sized to cost about the rendering CPU time of
+# the 11-kind set it replaced (16.1k negatives then, 16.9k now; measured per kind on a sample of 60: the whole
+# set +3 %): a symbol family renders at about the cost of letters, a scene crop a little more, noise and the
+# other photo-like kinds at half or less.
 TRAIN_NEGATIVES = {
     "printed letters": 1500,
     "pen letters": 1500,
