@@ -21,6 +21,8 @@ from trainer.synth import Rng, ink, negatives, recipes, render, symbols
 from trainer.synth.digits import GLYPH_KINDS
 from trainer.synth.render import ImageError
 
+FAMILIES = {**negatives.TRAINED_FAMILIES, **negatives.HELD_OUT_FAMILIES}
+LEFT_OUT = set("".join(symbols.LEFT_OUT.values()))
 PHOTO_LIKE = ["natural textures", "gradients", "blurred shapes", "synthetic scene crops", "structured noise"]
 
 
@@ -122,26 +124,24 @@ def test_ambiguous_letters_are_never_negatives() -> None:
 
 
 def test_no_symbol_family_lists_a_glyph_left_out_as_digit_like() -> None:
-    for name, family in negatives.SYMBOL_FAMILIES.items():
-        assert not set(family.printed) & (
-            symbols.LEFT_OUT_GLYPHS | set(string.digits) | negatives.AMBIGUOUS
-        ), name
+    for name, family in FAMILIES.items():
+        assert not set(family.printed) & (LEFT_OUT | set(string.digits) | negatives.AMBIGUOUS), name
         for font, keys in family.hershey:
             assert not set(keys) & set(symbols.PEN_LEFT_OUT.get(font, "")), (name, font)
-    assert set("$§∂∅°∘•∫¬○□|/!") <= symbols.LEFT_OUT_GLYPHS
+    assert set("$§∂∅°∘•∫¬○□|/!") <= LEFT_OUT
 
 
 def test_every_glyph_of_a_family_prints_in_a_face_or_draws_as_strokes() -> None:
-    for name, family in negatives.SYMBOL_FAMILIES.items():
+    for name, family in FAMILIES.items():
         assert [glyph for glyph in family.printed if not ink.printable(glyph)] == [], name
         for font, keys in family.hershey:
             for key in keys:
                 assert ink.hershey_strokes(font, key), (name, font, key)
 
 
-@pytest.mark.parametrize("name", list(negatives.SYMBOL_FAMILIES))
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_a_family_never_prints_or_draws_an_ambiguous_glyph(name: str, monkeypatch) -> None:
-    family = negatives.SYMBOL_FAMILIES[name]
+    family = FAMILIES[name]
     printed, drawn = [], []
 
     def printed_ink(rng: Rng, text: str, height: int) -> np.ndarray:
@@ -165,7 +165,7 @@ def test_a_family_never_prints_or_draws_an_ambiguous_glyph(name: str, monkeypatc
         symbols.draw(family, render.kind_rng(0, name, index))
     assert 0.4 < len(pens) / 400 < 0.6  # symbols.PEN_SHARE: every family has pen strokes
     glyphs = set("".join(printed))
-    assert glyphs <= set(family.printed) and not glyphs & symbols.LEFT_OUT_GLYPHS
+    assert glyphs <= set(family.printed) and not glyphs & LEFT_OUT
     assert len(glyphs) > 0.8 * len(set(family.printed))  # the family, not a few of it
     overstruck = {letter for letter, _ in symbols.OVERSTRUCK.values()}
     for font, text in drawn:

@@ -415,7 +415,6 @@ HELD_OUT_FAMILIES = {
     "currency symbols (held out)": symbols.CURRENCY,
     "emoji-like shapes (held out)": symbols.EMOJI_LIKE,
 }
-SYMBOL_FAMILIES = {**TRAINED_FAMILIES, **HELD_OUT_FAMILIES}
 
 
 def _families(families: dict[str, symbols.Family], trained: bool) -> dict[str, Kind]:

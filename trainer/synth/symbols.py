@@ -45,7 +45,6 @@ LEFT_OUT = {
     "5: ₨ is Rs (letters leave out s)": "₨",
     "0: a dense starburst is a filled disc (•)": "✹✺",
 }
-LEFT_OUT_GLYPHS = frozenset("".join(LEFT_OUT.values()))
 
 # Pen glyphs left out, by Hershey font and ASCII key (besides the letters and digits of every font that draws
 # letters and digits at those keys): what each draws, and the digit.
