@@ -31,7 +31,7 @@ LEFT_OUT = {
     ),
     "2: a zig-zag, a diagonal on a base": "⚡↙",
     "3: a squared 3, ε and э shapes": "∃∄∈∉∊∋∌∍",
-    "4: ♃ ♮": "♃♮",
+    "4: Jupiter and the natural sign are drawn like one": "♃♮",
     "5: an S with strokes": "$§₴",
     "6: b, G and ∂ shapes": "∂♭₲",
     "7: a bar and a diagonal": "¬⌐↗",
