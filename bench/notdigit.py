@@ -1,20 +1,24 @@
 """Digit or not, per kind: the share of non-digits rejected at the model's threshold and AUROC, the share of
-digits accepted and accuracy. With the defaults: the same images and figures as the card's `not_a_digit`.
+digits accepted and accuracy. With no counts: the card's own test set (its recipe and seed), so the same
+images and figures as the card's `not_a_digit`; with counts or --every-kind: every kind there is now (the
+kinds of trainer.synth.recipes.TEST, with its counts where none is given).
 
-    MNIST_DATA_DIR=... python -m bench.notdigit [--model models/lenet5.onnx] [--realistic 100 --drawn 200
-        --negatives 200 --seed 3]
+    MNIST_DATA_DIR=... python -m bench.notdigit [--model models/lenet5.onnx] [--every-kind] [--realistic 100
+        --drawn 200 --negatives 200 --seed 3]
     python -m bench.notdigit --cost [--model ...]
     python -m bench.notdigit --update-card        # after a change to the pipeline or the generators
 
 Every image goes the service's way (file bytes -> service.images -> the ONNX model); an image where the
-pipeline finds no digit counts as rejected (and, for a digit, as wrong). --cost measures instead what the
-digit_score output costs: process CPU time of the shipped graph vs the same graph without the digit head.
---update-card measures the card's own test set again (its recipe and seed) and writes the figures and the two
-digit-or-not plots into the model's card, as mnist-train would: no retraining.
+pipeline finds no digit counts as rejected (and, for a digit, as wrong). "trained on" is what the model's card
+says it trained on (trainer.openset.trained_kinds). --cost measures instead what the digit_score output costs:
+process CPU time of the shipped graph vs the same graph without the digit head. --update-card measures the
+card's own test set again (its recipe and seed) and writes the figures and the two digit-or-not plots into the
+model's card, as mnist-train would: no retraining.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -32,7 +36,7 @@ from trainer.data import Split, load_test
 from trainer.export import run_onnx
 from trainer.report import plot_digit_scores, plot_mistakes, write_card
 from trainer.synth import recipes
-from trainer.synth.negatives import KINDS
+from trainer.synth.negatives import KINDS, TRAINED
 from trainer.synth.render import Part
 
 
@@ -88,19 +92,35 @@ def update_card(model: Path, test: Split) -> None:
     print(f"updated {path} and its digit-or-not plots")
 
 
+def parts_to_measure(args: argparse.Namespace, card: dict | None) -> tuple[list[Part], int]:
+    """The card's own test set, or (with counts, --every-kind or no card) every kind there is now."""
+    counts = (args.realistic, args.drawn, args.negatives, args.seed)
+    if card is not None and not args.every_kind and counts == (None, None, None, None):
+        recorded = card["not_a_digit"]["test_set"]
+        return [Part(*part) for part in recorded["recipe"]], recorded["seed"]
+    defaults = {p.source: p.count for p in recipes.TEST}
+    realistic, drawn, negatives, seed = (
+        given if given is not None else default
+        for given, default in zip(
+            counts,
+            (defaults["realistic"], defaults["glyph"], defaults["negative"], recipes.SEEDS["test"]),
+            strict=True,
+        )
+    )
+    return recipes.recipe(realistic, drawn, dict.fromkeys(KINDS, negatives), figures=True), seed
+
+
 def main() -> None:
     options = parser(__doc__)
     options.add_argument("--model", type=Path, default=SHIPPED_MODEL)
     options.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
-    defaults = {p.source: p.count for p in recipes.TEST}
     options.add_argument(
-        "--realistic", type=int, default=defaults["realistic"], help="images per realistic kind"
+        "--every-kind", action="store_true", help="every kind there is now, not the card's set"
     )
-    options.add_argument("--drawn", type=int, default=defaults["glyph"], help="printed/pen digits per kind")
-    options.add_argument(
-        "--negatives", type=int, default=defaults["negative"], help="images per non-digit kind"
-    )
-    options.add_argument("--seed", type=int, default=recipes.SEEDS["test"])
+    options.add_argument("--realistic", type=int, help="images per realistic kind")
+    options.add_argument("--drawn", type=int, help="printed/pen digits per kind")
+    options.add_argument("--negatives", type=int, help="images per non-digit kind")
+    options.add_argument("--seed", type=int, help=f"default: the card's, else {recipes.SEEDS['test']}")
     options.add_argument("--threshold", type=float, help="default: the model's digit_threshold metadata")
     options.add_argument("--cost", action="store_true", help="measure the CPU cost of digit_score instead")
     options.add_argument("--update-card", action="store_true", help="re-measure the card's figures into it")
@@ -112,14 +132,16 @@ def main() -> None:
         update_card(args.model, load_test(args.data))
         return
 
+    path = args.model.with_suffix(".json")
+    card = json.loads(path.read_text()) if path.is_file() else None
     threshold = args.threshold if args.threshold is not None else threshold_of(args.model)
     test = load_test(args.data)
-    parts = recipes.recipe(args.realistic, args.drawn, dict.fromkeys(KINDS, args.negatives), figures=True)
+    parts, seed = parts_to_measure(args, card)
     started = time.perf_counter()
-    rendered = openset.test_set(test, parts, args.seed)
+    rendered = openset.test_set(test, parts, seed)
     figures = openset.measure(args.model, threshold, test, rendered)
     print(
-        f"model {args.model.name}, digit threshold {threshold:.6g}; seed {args.seed}; rendered "
+        f"model {args.model.name}, digit threshold {threshold:.6g}; seed {seed}; rendered "
         f"{len(rendered.labels)} images in {time.perf_counter() - started:.0f} s"
     )
     print("\n| digits | n | accepted | accuracy |\n|---|---:|---:|---:|")
@@ -127,8 +149,9 @@ def main() -> None:
         print(f"| {name} | {row['n']} | {100 * row['accepted']:.2f} % | {100 * row['accuracy']:.2f} % |")
     print("\n| not digits | trained on | n | rejected | by the pipeline | AUROC |")
     print("|---|---|---:|---:|---:|---:|")
+    trained_on = openset.trained_kinds(card) if card is not None else set(TRAINED)
     for name, row in figures["negatives"].items():
-        trained = "yes" if KINDS[name].trained else "**no**"
+        trained = "yes" if name in trained_on else "**no**"
         print(
             f"| {name} | {trained} | {row['n']} | {100 * row['rejected']:.1f} % "
             f"| {100 * row['pipeline_rejected']:.1f} % | {row['auroc']:.4f} |"

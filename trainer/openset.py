@@ -68,6 +68,14 @@ def measure(model: Path, threshold: float, mnist_test: Split, rendered: Rendered
     return {"threshold": threshold, "digits": digits, "negatives": rejected}
 
 
+def trained_kinds(card: dict) -> set[str]:
+    """The non-digit kinds a model trained on, from its card: the negative kinds of its test recipe (every
+    kind there was) but its held-out ones. A kind added since is in neither: the model never saw it."""
+    figures = card["not_a_digit"]
+    tested = {kind for source, kind, *_ in figures["test_set"]["recipe"] if source == "negative"}
+    return tested - set(figures["held_out_kinds"])
+
+
 @dataclass
 class Measured:
     """A digit-or-not test set: its recipe, its images and their figures (`measure`)."""

@@ -51,6 +51,11 @@ def _faces() -> tuple[tuple[Path, frozenset[int]], ...]:
     return tuple((path, frozenset(TTFont(str(path)).getBestCmap())) for path in faces)
 
 
+def printable(text: str) -> bool:
+    """Some DejaVu face has every character of `text` (printed_ink draws it only in such a face)."""
+    return any(all(ord(c) in points for c in text) for _, points in _faces())
+
+
 def printed_ink(rng: Rng, text: str, height: int) -> np.ndarray:
     """`text` in a random DejaVu face that has all its characters, about `height` px tall: regular, bold
     outline (stroke) or hollow, upright or slanted."""
@@ -118,6 +123,23 @@ def hershey_strokes(font: str, text: str) -> Strokes:
     if not strokes:
         raise ValueError(f"Hershey font {font!r} has no strokes for {text!r}")
     return strokes
+
+
+def spline(points: np.ndarray, per_segment: int = 12) -> np.ndarray:
+    """A smooth curve through the points (Catmull-Rom)."""
+    p = np.concatenate([points[:1], points, points[-1:]])
+    t = np.linspace(0, 1, per_segment, endpoint=False)[:, None]
+    pieces = [
+        0.5
+        * (
+            2 * p[i]
+            + (-p[i - 1] + p[i + 1]) * t
+            + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t**2
+            + (-p[i - 1] + 3 * p[i] - 3 * p[i + 1] + p[i + 2]) * t**3
+        )
+        for i in range(1, len(p) - 2)
+    ]
+    return np.concatenate([*pieces, points[-1:]])
 
 
 def smooth_wobble(rng: Rng, count: int, amount: float) -> np.ndarray:

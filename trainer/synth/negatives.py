@@ -2,8 +2,10 @@
 
 Each kind is a function rng -> file bytes (or, for raw-pixel noise, a 28x28 uint8 MNIST-convention array that
 skips the image pipeline, as the JSON/octet-stream/V2 routes do). Kinds are split into those the model trains
-on and those held out of training entirely (reported separately: the honest figure for inputs nobody
-anticipated). Glyphs any reader could take for a digit are left out (AMBIGUOUS, documented in the README).
+on and whole families held out of training entirely (reported separately and never tuned on: the honest
+figure for inputs nobody anticipated). Glyphs any reader could take for a digit are left out (AMBIGUOUS here,
+trainer.synth.symbols.LEFT_OUT for symbols; listed in docs/not-a-digit.md). The symbol families live in
+trainer.synth.symbols, the generated photo-like images and textures in trainer.synth.procedural.
 
 Digits drawn with the same renderers (printed and pen-drawn) are positives: trainer.synth.digits.GLYPH_KINDS.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from pathlib import Path
 
@@ -20,10 +22,10 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageFilter
 
-from trainer.synth import Rng
+from trainer.synth import Rng, procedural, symbols
 from trainer.synth.exports import upload
-from trainer.synth.ink import PEN_FONTS, Strokes, hershey_strokes, pen_ink, printed_ink
-from trainer.synth.paper import encode
+from trainer.synth.ink import PEN_FONTS, Strokes, hershey_strokes, pen_ink, printed_ink, spline
+from trainer.synth.paper import encode, png_or_jpeg
 
 # --- what is a letter, and which glyphs are not honest negatives ------------------------------------------
 
@@ -34,8 +36,6 @@ CYRILLIC = "АБВГДЕЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯаб
 # 4: Ч ч; 5: S s; 6: b G δ Б б Ь ь Ъ ъ σ; 7: τ; 8: B Β β В в; 9: g q a α а), and so never scored as negatives.
 AMBIGUOUS = set("OoQDΘθΟοОоΦφФфIliјj|ΙιZzΖζЗзЭэεξЧчSsbGδБбЬьЪъσςτBΒβВвgqaαа")
 LETTERS = "".join(c for c in LATIN + GREEK + CYRILLIC if c not in AMBIGUOUS)
-# Held out: symbols, never letters. Left out as digit-like: $ § (5), ∂ (6), ∅ ° ∘ • (0), ∫ (1 or S), ¬ (7).
-SYMBOLS = "?@#&*%+=<>~^∑∏√∞≈≠≤≥±×÷∇∀∃∈∩∪⊂⊃⊕⊗∧∨∠⊥∝∉≡⊆€£¥¢₽©®™¶µΩ‰†‡"
 
 # Greek and Cyrillic Hershey fonts map ASCII to their own letters, so they have own lists.
 PEN_LETTERS = {
@@ -68,38 +68,16 @@ def pen_letters(rng: Rng) -> bytes:
     return upload(rng, pen_ink(rng, hershey_strokes(font, text), int(rng.integers(60, 200))))
 
 
-def printed_symbols(rng: Rng) -> bytes:
-    """Punctuation, maths and currency symbols in a DejaVu face (held out)."""
-    return upload(rng, printed_ink(rng, str(rng.choice(list(SYMBOLS))), int(rng.integers(40, 160))))
-
-
 def pen_kana(rng: Rng) -> bytes:
     """Japanese kana and kanji drawn as pen strokes (held out)."""
     return upload(rng, pen_ink(rng, hershey_strokes("japanese", str(rng.choice(list(KANA)))), 150))
-
-
-def _spline(points: np.ndarray, per_segment: int = 12) -> np.ndarray:
-    """A smooth curve through the points (Catmull-Rom)."""
-    p = np.concatenate([points[:1], points, points[-1:]])
-    t = np.linspace(0, 1, per_segment, endpoint=False)[:, None]
-    pieces = [
-        0.5
-        * (
-            2 * p[i]
-            + (-p[i - 1] + p[i + 1]) * t
-            + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t**2
-            + (-p[i - 1] + 3 * p[i] - 3 * p[i + 1] + p[i + 2]) * t**3
-        )
-        for i in range(1, len(p) - 2)
-    ]
-    return np.concatenate([*pieces, points[-1:]])
 
 
 def scribble_strokes(rng: Rng) -> Strokes:
     """Random scribbles: a long wandering curve, zig-zag hatching, or a ball of loops."""
     style = rng.integers(3)
     if style == 0:
-        return [_spline(rng.random((int(rng.integers(6, 16)), 2)))]
+        return [spline(rng.random((int(rng.integers(6, 16)), 2)))]
     if style == 1:
         count = int(rng.integers(7, 16))  # fewer turns draw a Z, i.e. a 2
         ys = np.linspace(0, 1, count) + rng.normal(0, 0.03, count)
@@ -294,11 +272,7 @@ def textures(rng: Rng) -> bytes:
     image = _grey(rng, np.asarray(values, np.float32))
     if rng.random() < 0.5:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
-    return (
-        encode(image, "PNG")
-        if rng.random() < 0.6
-        else encode(image, "JPEG", quality=int(rng.integers(50, 95)))
-    )
+    return png_or_jpeg(rng, image, 0.6)
 
 
 def _noise_size(rng: Rng) -> tuple[int, int]:
@@ -308,12 +282,7 @@ def _noise_size(rng: Rng) -> tuple[int, int]:
 
 
 def _noise_file(rng: Rng, values: np.ndarray) -> bytes:
-    image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
-    return (
-        encode(image, "PNG")
-        if rng.random() < 0.7
-        else encode(image, "JPEG", quality=int(rng.integers(50, 95)))
-    )
+    return png_or_jpeg(rng, Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)), 0.7)
 
 
 def uniform_noise(rng: Rng) -> bytes:
@@ -432,24 +401,70 @@ class Kind:
     drawn: bool
 
 
+# The symbol families as kinds: the trained ones hold ≈ ≠ → ♦ ♣ % (symbols.LARGE_SYMBOLS); two are held out.
+TRAINED_FAMILIES = {
+    "math symbols": symbols.MATH,
+    "arrows": symbols.ARROWS,
+    "card suits": symbols.CARD_SUITS,
+    "check and cross marks": symbols.CHECK_MARKS,
+    "punctuation": symbols.PUNCTUATION,
+    "brackets": symbols.BRACKETS,
+    "geometric shapes": symbols.GEOMETRIC_SHAPES,
+}
+HELD_OUT_FAMILIES = {
+    "currency symbols (held out)": symbols.CURRENCY,
+    "emoji-like shapes (held out)": symbols.EMOJI_LIKE,
+}
+
+
+def _families(families: dict[str, symbols.Family], trained: bool) -> dict[str, Kind]:
+    return {name: Kind(partial(symbols.draw, f), trained, drawn=True) for name, f in families.items()}
+
+
 KINDS: dict[str, Kind] = {
     "printed letters": Kind(printed_letters, trained=True, drawn=True),
     "pen letters": Kind(pen_letters, trained=True, drawn=True),
     "scribbles": Kind(scribbles, trained=True, drawn=True),
     "doodles": Kind(doodles, trained=True, drawn=True),
     "partial strokes": Kind(partial_strokes, trained=True, drawn=True),
+    **_families(TRAINED_FAMILIES, trained=True),
     "textures": Kind(textures, trained=True, drawn=False),
+    "natural textures": Kind(procedural.natural_textures, trained=True, drawn=False),
+    "gradients": Kind(procedural.gradients, trained=True, drawn=False),
+    "blurred shapes": Kind(procedural.blurred_shapes, trained=True, drawn=False),
+    "synthetic scene crops": Kind(procedural.scene_crops, trained=True, drawn=False),
+    "structured noise": Kind(procedural.structured_noise, trained=True, drawn=False),
     "uniform noise": Kind(uniform_noise, trained=True, drawn=False),
     "Gaussian noise": Kind(gaussian_noise, trained=True, drawn=False),
     "salt-and-pepper noise": Kind(salt_and_pepper, trained=True, drawn=False),
     "smooth noise": Kind(smooth_noise, trained=True, drawn=False),
     "raw-pixel noise (no pipeline)": Kind(raw_noise, trained=True, drawn=False),
+    # Held out, whole families: reported separately, never tuned on.
     "photo crops (held out)": Kind(photo_crops, trained=False, drawn=False),
-    "printed symbols (held out)": Kind(printed_symbols, trained=False, drawn=True),
     "pen kana and kanji (held out)": Kind(pen_kana, trained=False, drawn=True),
+    **_families(HELD_OUT_FAMILIES, trained=False),
 }
 TRAINED = [name for name, kind in KINDS.items() if kind.trained]
 HELD_OUT = [name for name, kind in KINDS.items() if not kind.trained]
+
+# --- retired: kinds an older model card measured on, kept so that its figures can be rendered again --------
+
+# Model 2.0.0 held out one mixed list of symbols (maths, punctuation, currency). The symbol families replace
+# it: it is in no set, and it keeps ∃ ∈ ∉ ∝ ⊥ that symbols.LEFT_OUT now leaves out.
+SYMBOLS = "?@#&*%+=<>~^∑∏√∞≈≠≤≥±×÷∇∀∃∈∩∪⊂⊃⊕⊗∧∨∠⊥∝∉≡⊆€£¥¢₽©®™¶µΩ‰†‡"
+
+
+def printed_symbols(rng: Rng) -> bytes:
+    """Punctuation, maths and currency symbols in a DejaVu face (model 2.0.0's held-out kind)."""
+    return upload(rng, printed_ink(rng, str(rng.choice(list(SYMBOLS))), int(rng.integers(40, 160))))
+
+
+RETIRED: dict[str, Kind] = {"printed symbols (held out)": Kind(printed_symbols, trained=False, drawn=True)}
+
+
+def kind(name: str) -> Kind:
+    """A kind by name: one of KINDS, or a retired one that an older model's card still measures on."""
+    return KINDS[name] if name in KINDS else RETIRED[name]
 
 
 def looks_like_a_stroke(image: np.ndarray) -> bool:

@@ -96,3 +96,10 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **options)
     return out.getvalue()
+
+
+def png_or_jpeg(rng: Rng, image: Image.Image, png_share: float, quality: tuple[int, int] = (50, 95)) -> bytes:
+    """PNG a `png_share` of the time, else JPEG at a random quality: the two formats images are sent in."""
+    if rng.random() < png_share:
+        return encode(image, "PNG")
+    return encode(image, "JPEG", quality=int(rng.integers(*quality)))

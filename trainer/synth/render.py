@@ -37,9 +37,9 @@ def through_pipeline(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 @dataclass(frozen=True)
 class Part:
     """`count` items of one kind. source: "realistic" (digits.KINDS, from the given MNIST digits), "glyph"
-    (digits.GLYPH_KINDS: printed and pen digits) or "negative" (negatives.KINDS). Non-digits that come out of
-    the pipeline as a single straight stroke (negatives.looks_like_a_stroke) are dropped unless
-    `drop_strokes` is off."""
+    (digits.GLYPH_KINDS: printed and pen digits) or "negative" (negatives.kind: KINDS, or a retired kind an
+    older card measured on). Non-digits that come out of the pipeline as a single straight stroke
+    (negatives.looks_like_a_stroke) are dropped unless `drop_strokes` is off."""
 
     source: str
     kind: str
@@ -93,7 +93,7 @@ def _made(part: Part, seed: int, start: int, stop: int) -> Iterator[tuple[bytes 
         if part.source == "glyph":
             yield digits.GLYPH_KINDS[part.kind](rng)
         else:
-            yield negatives.KINDS[part.kind].make(rng), NOT_DIGIT
+            yield negatives.kind(part.kind).make(rng), NOT_DIGIT
 
 
 def _image(made: bytes | np.ndarray) -> np.ndarray | None:
