@@ -18,12 +18,10 @@ from service.errors import BadRequest, Busy, NotFound, Reason, Timeout, TooLarge
 from service.model import ServedModel
 from service.openapi import error_responses
 from service.settings import Settings
-from service.v2_protocol import (
+from service.v2.core import INPUT_TYPES, InferRequest, Signature
+from service.v2.rest import (
     EXTENSIONS,
     HEADER_LENGTH,
-    INPUT_TYPES,
-    InferRequest,
-    Signature,
     decompress,
     encode_infer_response,
     least_images,

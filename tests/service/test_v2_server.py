@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
 from service.settings import Settings
-from service.v2_protocol import HEADER_LENGTH
+from service.v2.rest import HEADER_LENGTH
 from tests.support.liveserver import LiveServer
 from tests.support.queueing import Held, answer_while_held
 from trainer.data import load_test
