@@ -1,4 +1,5 @@
-"""The FastAPI application: lifespan (load, warm up, serve), routers, middleware, JSON error handlers."""
+"""The FastAPI application: lifespan (load, warm up, serve HTTP and then gRPC), routers, middleware, JSON
+error handlers."""
 
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from uvicorn.config import STARTUP_FAILURE
 
-from service import errors, logs, openapi
+from service import errors, logs, openapi, tracing
 from service.errors import ApiError, Internal, Reason, Unprocessable
 from service.images.pool import DecodePool
 from service.loading import load
-from service.middleware import BodyLimit, Observe
+from service.middleware import BodyLimit, Observe, Traced
 from service.repository import ModelRepository
 from service.routers import health, page, predict, repository, v2
 from service.runtime import ModelRuntime
 from service.settings import Settings
+from service.v2 import grpc_server
 
 log = logging.getLogger("service")
 
@@ -89,6 +91,7 @@ async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
     started = time.perf_counter()
     try:
         await app.state.models.start(runtime)
+        app.state.grpc = await grpc_server.start(app.state.models, settings, app.version)  # now: ready
     except Exception as exc:
         log.critical(
             "cannot serve %s: %s; stopping", settings.model_path, exc, extra={"event": "startup_failed"}
@@ -108,7 +111,8 @@ async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the model (a failure stops startup), then verify and serve it in the background."""
+    """Load the model (a failure stops startup), then verify and serve it in the background; on shutdown
+    drain gRPC, stop the model and flush the traces."""
     settings: Settings = app.state.settings
     runtime = await asyncio.to_thread(load, settings)
     app.state.decode_pool = DecodePool(
@@ -124,7 +128,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+        if app.state.grpc is not None:  # calls in flight finish (each within its inference deadline)
+            await app.state.grpc.stop(settings.request_timeout_s)
         await app.state.models.stop()
+        tracing.shutdown()  # export the last spans
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -140,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.models = ModelRepository(settings)  # empty (503) until the lifespan has loaded the model
+    app.state.grpc = None  # the gRPC server, once the model is ready
+    tracing.configure(settings, app.version)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -159,5 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, access_log=logs.access_enabled(settings.log_format))
+    if tracing.active:  # outermost: the access record is written inside the request's span
+        app.add_middleware(Traced)
     openapi.document(app)
     return app

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from service.errors import BadRequest, Reason
+from service.errors import BadRequest, NotFound, Reason
 from service.pixels import check_count
 
 
@@ -60,6 +60,22 @@ class InferRequest:
     id: str | None
     images: np.ndarray  # float32 [N, *item_shape] in [0, 1], what the model takes
     outputs: tuple[RequestedOutput, ...]
+
+
+class Served(Protocol):
+    """The served model as far as a request's model name and version are checked against it."""
+
+    name: str
+    version: str
+
+
+def check_model(model: Served, name: str, version: str | None = None) -> None:
+    """404 unless `name` (and `version`, if given) is what this server serves."""
+    if name != model.name:
+        raise NotFound(f"unknown model {name!r}; this server serves {model.name!r}", Reason.UNKNOWN_MODEL)
+    if version is not None and version != model.version:
+        message = f"unknown version {version!r} of model {model.name!r}; available: [{model.version!r}]"
+        raise NotFound(message, Reason.UNKNOWN_MODEL)
 
 
 def bad_request(message: str) -> BadRequest:

@@ -40,21 +40,26 @@ class LiveServer:
     url: str
     process: subprocess.Popen
     log: Path
+    grpc: str = ""  # host:port of its gRPC server; empty when MNIST_GRPC_PORT is 0
 
 
 def start_server(log: Path, *, workers: int = 1, env: dict[str, str] | None = None) -> LiveServer:
-    """`python -m service` on a free 127.0.0.1 port, output to `log`; not waited for."""
+    """`python -m service` on a free 127.0.0.1 port (and gRPC on another, unless `env` sets
+    MNIST_GRPC_PORT), output to `log`; not waited for."""
     port = free_port()
+    env = {"MNIST_GRPC_PORT": str(free_port()), **(env or {})}
     with log.open("wb") as out:
         command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
         process = subprocess.Popen(
             [*command, "--workers", str(workers)],
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log)
+    grpc_port = int(env["MNIST_GRPC_PORT"])
+    grpc = f"127.0.0.1:{grpc_port}" if grpc_port else ""
+    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log, grpc=grpc)
 
 
 def stop(process: subprocess.Popen) -> None:
