@@ -31,6 +31,9 @@ from service.v2.messages import METHODS, SERVICE, RepositoryIndexResponse
 log = logging.getLogger(__name__)
 SERVER_NAME = "mnist-serving"
 EXTENSIONS = ["model_repository"]
+# The server's copy of a deadline starts when the call arrives, so the client's own timer ends the call a
+# little earlier (it cancels the stream); a cancel this close to the deadline is the deadline.
+DEADLINE_SLACK_S = 0.25
 # The gRPC status of each HTTP status this service answers.
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -154,12 +157,8 @@ class InferenceServicer:
             given = metadata.get("x-request-id", "")
             call = Call(route, metadata, given if requestid.sane(given.encode()) else self.ids.next())
             call.trailing.append(("x-request-id", call.request_id))
-            metrics.IN_FLIGHT.inc()
-            try:
-                if tracing.active:
-                    return await self._traced(handler, request, context, call)
-                return await self._answer(handler, request, context, call)
-            finally:
+
+            def finish() -> None:
                 metrics.IN_FLIGHT.dec()
                 seconds = time.perf_counter() - started
                 duration = durations.get(call.status)
@@ -170,11 +169,25 @@ class InferenceServicer:
                 if self.access_log:
                     self._log(call, seconds)
 
+            metrics.IN_FLIGHT.inc()
+            if tracing.active:
+                return await self._traced(handler, request, context, call, finish)
+            try:
+                return await self._answer(handler, request, context, call)
+            finally:
+                finish()
+
         return observed
 
     async def _traced(
-        self, handler: Handler, request: Message, context: grpc.aio.ServicerContext, call: Call
+        self,
+        handler: Handler,
+        request: Message,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+        finish: Callable[[], None],
     ) -> Message:
+        """The call inside its server span; `finish` (metrics, access record) runs inside it too."""
         method = call.route.rsplit("/", 1)[1]
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
         with tracing.server_span(call.route.lstrip("/"), call.metadata, attributes) as span:
@@ -186,6 +199,7 @@ class InferenceServicer:
                 if call.model_version:
                     outcome["mnist.model.version"] = call.model_version
                 tracing.outcome(span, call.status, outcome)
+                finish()
 
     async def _answer(
         self, handler: Handler, request: Message, context: grpc.aio.ServicerContext, call: Call
@@ -197,7 +211,7 @@ class InferenceServicer:
             await self._refuse(context, call, error)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed: grpc stopped us
             remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
+            if remaining is not None and remaining <= DEADLINE_SLACK_S:
                 self._count(call, Timeout("the call's deadline passed"))
             else:
                 self._count(call, ClientClosed("the client cancelled the call"))
