@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import grpc
 import httpx
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.settings import Settings
 from tests.support.liveserver import ROOT, LiveServer
 
 K8S = ROOT / "docker" / "k8s"
@@ -79,28 +82,36 @@ def test_selectors_match_the_pod_labels(objects: dict[str, dict]) -> None:
 
 
 def test_ports_match_the_image(objects: dict[str, dict], container: dict) -> None:
-    image_port = int(dockerfile_instruction("EXPOSE"))
-    (port,) = container["ports"]
-    assert port["containerPort"] == image_port
-    (service_port,) = objects["Service"]["spec"]["ports"]
-    assert service_port["targetPort"] == port["name"]
+    http_port, grpc_port = map(int, dockerfile_instruction("EXPOSE").split())
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert (
+        ports == {"http": http_port, "grpc": grpc_port}
+        and grpc_port == Settings.model_fields["grpc_port"].default
+    )
+    targets = {port["name"]: port["targetPort"] for port in objects["Service"]["spec"]["ports"]}
+    assert targets == {"http": "http", "grpc": "grpc"}
     (endpoint,) = objects["ServiceMonitor"]["spec"]["endpoints"]
-    assert endpoint["port"] == service_port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == image_port
+    assert int(annotations["prometheus.io/port"]) == http_port
     assert annotations["prometheus.io/path"] == "/metrics"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["port"] == port["name"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    assert container["readinessProbe"]["grpc"]["port"] == grpc_port  # a gRPC probe takes a number
 
 
 def test_probes_point_at_real_routes(container: dict, live_server: LiveServer) -> None:
-    """Liveness must not depend on the model (a restart would not help); readiness must."""
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    """Liveness must not depend on the model (a restart would not help); readiness must: the gRPC health
+    service, which serves only from a worker whose model is warm."""
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         path = container[probe]["httpGet"]["path"]
         assert httpx.get(live_server.url + path, timeout=5).status_code == 200, path
+    assert "service" not in container["readinessProbe"]["grpc"]  # the server as a whole ("")
+    with grpc.insecure_channel(live_server.grpc) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_pod_runs_as_the_image_user_without_privileges(objects: dict[str, dict], container: dict) -> None:
@@ -134,8 +145,6 @@ def test_graceful_termination(objects: dict[str, dict], container: dict) -> None
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    from service.settings import Settings
-
     timeout = Settings().request_timeout_s
     assert pod["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + timeout
     strategy = objects["Deployment"]["spec"]["strategy"]["rollingUpdate"]
