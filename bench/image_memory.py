@@ -1,4 +1,4 @@
-"""Image memory and work per request (issue 14) against a real server: one worker, RSS read from /proc.
+"""Image memory and work per request against a real server: one worker, RSS read from /proc.
 
     python -m bench.image_memory [--side 6300] [--batch 16] [--seconds 6]
 
@@ -27,7 +27,7 @@ from bench.core import parser, server, table
 from tests.support.image_requests import abandon, canvas, closed_count, post
 from tests.support.liveserver import LiveServer
 from tests.support.procfs import MB, reset_peak, status
-from trainer.realistic import large_canvas
+from trainer.synth.exports import large_canvas
 
 
 @dataclass

@@ -29,7 +29,9 @@ from PIL import Image
 from bench.core import checkout, parser
 from service.images import ImageError, read_digit, read_grey
 from service.settings import Settings
-from trainer.realistic import KINDS, encode, mnist_ink, mnist_test, place
+from trainer.synth.digits import KINDS, mnist_test
+from trainer.synth.ink import mnist_ink
+from trainer.synth.paper import encode, place
 
 MAX_PIXELS = Settings().max_image_pixels
 Pipeline = Callable[[bytes], np.ndarray]
@@ -66,7 +68,7 @@ def canvas_page(rng: np.random.Generator, digit: np.ndarray, label: int) -> byte
     return encode(Image.fromarray(grey).convert("RGB"), "PNG")
 
 
-# kind -> (maker, issue 12 target in ms of server CPU per request, or None)
+# kind -> (maker, target in ms of server CPU per request, or None)
 TARGET_KINDS: dict[str, tuple[Callable[..., bytes], float | None]] = {
     "28x28 PNG, dark on light": (scan_png, 0.6),
     "28x28 PNG, MNIST white on black": (mnist_png, 0.6),
@@ -77,7 +79,7 @@ PAPER_JPEGS = {"JPEG q25-60", "lined paper", "squared paper", "printed fonts", "
 
 
 def kinds() -> dict[str, tuple[Callable[..., bytes], float | None]]:
-    """Every kind measured: the target kinds above, then trainer/realistic.py's (paper JPEGs <= 0.5 MP:
+    """Every kind measured: the target kinds above, then trainer/synth/digits.py's (paper JPEGs <= 0.5 MP:
     2.5 ms, phone photos: 8 ms)."""
     out = dict(TARGET_KINDS)
     for name, maker in KINDS.items():

@@ -26,11 +26,14 @@ import onnx
 import onnxruntime as ort
 
 from bench.core import SHIPPED_MODEL, parser
-from trainer import openset, synthetic
+from service.contract import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES
+from trainer import openset
 from trainer.data import Split, load_test
-from trainer.export import DIGIT_SCORE, INPUT, LOGITS, PROBABILITIES, run_onnx
-from trainer.negatives import KINDS
+from trainer.export import run_onnx
 from trainer.report import plot_digit_scores, plot_mistakes, write_card
+from trainer.synth import recipes
+from trainer.synth.negatives import KINDS
+from trainer.synth.render import Part
 
 
 def threshold_of(model: Path) -> float:
@@ -72,7 +75,7 @@ def update_card(model: Path, test: Split) -> None:
     path = model.with_suffix(".json")
     card = json.loads(path.read_text())
     recipe = card["not_a_digit"]["test_set"]
-    rendered = openset.test_set(test, [synthetic.Part(*part) for part in recipe["recipe"]], recipe["seed"])
+    rendered = openset.test_set(test, [Part(*part) for part in recipe["recipe"]], recipe["seed"])
     threshold = card["digit_threshold"]
     card["not_a_digit"].update(openset.measure(model, threshold, test, rendered))
     write_card(path, card)
@@ -89,7 +92,7 @@ def main() -> None:
     options = parser(__doc__)
     options.add_argument("--model", type=Path, default=SHIPPED_MODEL)
     options.add_argument("--data", type=Path, default=Path(os.environ.get("MNIST_DATA_DIR", "data/mnist")))
-    defaults = {p.source: p.count for p in synthetic.TEST}
+    defaults = {p.source: p.count for p in recipes.TEST}
     options.add_argument(
         "--realistic", type=int, default=defaults["realistic"], help="images per realistic kind"
     )
@@ -97,7 +100,7 @@ def main() -> None:
     options.add_argument(
         "--negatives", type=int, default=defaults["negative"], help="images per non-digit kind"
     )
-    options.add_argument("--seed", type=int, default=synthetic.SEEDS["test"])
+    options.add_argument("--seed", type=int, default=recipes.SEEDS["test"])
     options.add_argument("--threshold", type=float, help="default: the model's digit_threshold metadata")
     options.add_argument("--cost", action="store_true", help="measure the CPU cost of digit_score instead")
     options.add_argument("--update-card", action="store_true", help="re-measure the card's figures into it")
@@ -111,7 +114,7 @@ def main() -> None:
 
     threshold = args.threshold if args.threshold is not None else threshold_of(args.model)
     test = load_test(args.data)
-    parts = synthetic.recipe(args.realistic, args.drawn, dict.fromkeys(KINDS, args.negatives), figures=True)
+    parts = recipes.recipe(args.realistic, args.drawn, dict.fromkeys(KINDS, args.negatives), figures=True)
     started = time.perf_counter()
     rendered = openset.test_set(test, parts, args.seed)
     figures = openset.measure(args.model, threshold, test, rendered)

@@ -16,10 +16,11 @@ from PIL import Image
 
 from bench.core import SHIPPED_MODEL, parser
 from service.contract import PROBABILITIES
-from service.images import ImageError, read_grey, to_mnist
 from service.runtime import ModelRuntime
 from service.settings import Settings, cores
-from trainer.realistic import KINDS, encode, generate, mnist_test
+from trainer.synth import render
+from trainer.synth.digits import KINDS, generate, mnist_test
+from trainer.synth.paper import encode
 
 MAX_PIXELS = Settings().max_image_pixels
 
@@ -37,9 +38,9 @@ def through_pipeline(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]
     start = time.process_time()
     for i, data in enumerate(files):
         try:
-            out[i] = to_mnist(read_grey(data, MAX_PIXELS))
+            out[i] = render.through_pipeline(data, MAX_PIXELS)
             ok[i] = True
-        except ImageError:
+        except render.ImageError:
             pass
     return out, ok, (time.process_time() - start) * 1000 / max(1, len(files))
 

@@ -1,4 +1,4 @@
-"""Issue 14's targets for HTTP limits and crashes, against real servers (default settings); one table.
+"""The targets for HTTP limits and crashes, against real servers (default settings); one table.
 
     python -m bench.reliability [--header-mib 64 128] [--connections 1000] [--clients 32]
                                 [--overload-clients 128 256]

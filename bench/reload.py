@@ -47,7 +47,7 @@ from bench.core import SHIPPED_MODEL, Target, parser, print_targets, server, tab
 from service.loading import references
 from tests.support.model import build_model
 from tests.support.procfs import status, workers
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 NAME = "lenet5"
 RAW_BATCH = 64

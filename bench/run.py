@@ -3,13 +3,13 @@
     MNIST_DATA_DIR=/path/to/mnist python -m bench.run [--seconds 4]
 
 Starts `python -m service` (one worker, then two) on 127.0.0.1 and drives it with wrk (bench/loadgen.py):
-single JSON /predict from a real MNIST test digit; images posted to /predict as they come from users (a
-28x28 PNG, a 280x280 transparent canvas PNG with drawn strokes, a photo of a digit on lined paper, a
-1200x1600 phone photo JPEG; trainer/realistic.py); 256-image raw uint8 batches to /predict/batch. Beside them,
-in the same run, two floors: the bare POST floor (bench/floor_app.py: FastAPI, one POST route that reads the
-body and returns a constant, uvicorn with uvloop and httptools, no middleware; posted the same JSON body) and
-the compute floor (onnxruntime in-process at batch 256 with a worker's thread count). Then a mixed load
-(single JSON at c=16 while 4 clients post raw 256-image batches) and two workers.
+single JSON /predict from a real MNIST test digit; images posted to /predict as they come from users (a 28x28
+PNG, a 280x280 transparent canvas PNG with drawn strokes, a photo of a digit on lined paper, a 1200x1600 phone
+photo JPEG; trainer/synth/digits.py); 256-image raw uint8 batches to /predict/batch. Beside them, in the same
+run, two floors: the bare POST floor (bench/floor_app.py: FastAPI, one POST route that reads the body and
+returns a constant, uvicorn with uvloop and httptools, no middleware; posted the same JSON body) and the
+compute floor (onnxruntime in-process at batch 256 with a worker's thread count). Then a mixed load (single
+JSON at c=16 while 4 clients post raw 256-image batches) and two workers.
 
 Server CPU per request (user + system time of every thread and worker process, from /proc) is the figure
 the targets use: throughput at c=32 is shaped by how many cores a server grabs and by other load on the
@@ -37,7 +37,8 @@ from service.runtime import ModelRuntime
 from service.settings import Settings
 from tests.support.liveserver import LiveServer, free_port, stop
 from trainer.data import load_test
-from trainer.realistic import canvas_png, encode, lined, phone_photo
+from trainer.synth.digits import canvas_png, lined, phone_photo
+from trainer.synth.paper import encode
 
 BATCH = 256
 LEVELS = (1, 32)
@@ -49,7 +50,7 @@ class Workload:
     label: str
     request: Request
     images: int = 1  # per request
-    cpu_target_us: float | None = None  # issue 12's bound on server CPU per request
+    cpu_target_us: float | None = None  # the target bound on server CPU per request
 
 
 @dataclass(frozen=True)

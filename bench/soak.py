@@ -34,7 +34,9 @@ from bench.core import MachineLoad, Target, parser, print_targets, server, table
 from service.settings import Settings
 from tests.support.faults import HOST_HEADER, JSON_BODY, PIXELS, address, huge_head, huge_request
 from tests.support.procfs import MB, open_fds, status, workers
-from trainer.realistic import encode, font_ink, paper_scan, phone_photo
+from trainer.synth.digits import paper_scan, phone_photo
+from trainer.synth.ink import font_ink
+from trainer.synth.paper import encode
 
 Send = Callable[[httpx.AsyncClient, str], Awaitable[int | None]]  # a status, or None: nothing to check
 Sample = dict[int, tuple[float, int]]  # pid -> (RSS MiB, open fds)

@@ -31,7 +31,7 @@ COPY trainer/ trainer/
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-cache-dir .
 
 FROM ${PYTHON_IMAGE}
-# DejaVu fonts: the trainer prints letters, symbols and digits with them (trainer/drawing.py). Unpinned: the
+# DejaVu fonts: the trainer prints letters, symbols and digits with them (trainer/synth/ink.py). Unpinned: the
 # base image's Debian release decides the version, as for any font.
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core fonts-dejavu-extra \

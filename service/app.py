@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +28,6 @@ from service.loading import load
 from service.middleware import BodyLimit, Observe, Traced
 from service.repository import ModelRepository
 from service.routers import health, page, predict, repository, v2
-from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.v2 import grpc_server
 
@@ -84,37 +84,53 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
-async def _serve(app: FastAPI, runtime: ModelRuntime) -> None:
-    """Warm up and self-test in the background (/healthz answers meanwhile), then report ready. A model that
-    fails here would leave the worker unready for good: stop the worker instead, with the reason."""
+async def _prepare(app: FastAPI) -> float:
+    """Load, warm up and self-test the model; the seconds the warm-up and self-test took. A model that fails
+    would leave the worker unready for good: stop the worker instead, with the reason."""
     settings: Settings = app.state.settings
-    started = time.perf_counter()
     try:
+        runtime = await asyncio.to_thread(load, settings)
+        started = time.perf_counter()
         await app.state.models.start(runtime)
-        app.state.grpc = await grpc_server.start(app.state.models, settings, app.version)  # now: ready
     except Exception as exc:
-        log.critical(
-            "cannot serve %s: %s; stopping", settings.model_path, exc, extra={"event": "startup_failed"}
-        )
-        logging.shutdown()
-        os._exit(STARTUP_FAILURE)  # uvicorn's supervisor stops the server on this code instead of restarting
+        _stop_worker(f"cannot serve {settings.model_path}: {exc}")
     # Startup objects live forever: keep them out of the collector's way, so full collections stay short.
     gc.collect()
     gc.freeze()
+    return time.perf_counter() - started
+
+
+def _stop_worker(reason: str) -> NoReturn:
+    """A worker that cannot serve would stay unready for good: stop it instead, with the reason."""
+    log.critical("%s; stopping", reason, extra={"event": "startup_failed"})
+    logging.shutdown()
+    os._exit(STARTUP_FAILURE)  # uvicorn's supervisor stops the server on this code instead of restarting
+
+
+async def _start_accepting(app: FastAPI, warm_up_s: float) -> None:
+    """The one place where this worker starts taking work, called once its model is loaded, warm and
+    self-tested. HTTP: uvicorn listens on the worker's socket as soon as the lifespan yields, right after
+    this; until then the kernel hands the worker no connection (service/supervisor.py), and the other
+    workers serve. The gRPC server (service/v2/grpc_server.py) starts here, for the same reason; a gRPC
+    port it cannot bind stops the worker."""
+    try:
+        app.state.grpc = await grpc_server.start(app.state.models, app.state.settings, app.version)
+    except OSError as exc:
+        _stop_worker(str(exc))
     log.info(
         "warmed up batch sizes 1..%d in %.2f s; ready",
-        settings.max_batch_size,
-        time.perf_counter() - started,
+        app.state.settings.max_batch_size,
+        warm_up_s,
         extra={"event": "ready"},
     )
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the model (a failure stops startup), then verify and serve it in the background; on shutdown
-    drain gRPC, stop the model and flush the traces."""
+    """Prepare the model, then start accepting: a worker that takes a connection can serve it, so a 200
+    from /readyz holds for every connection (a start, a replaced worker). On shutdown: drain gRPC, stop the
+    model, flush the traces."""
     settings: Settings = app.state.settings
-    runtime = await asyncio.to_thread(load, settings)
     app.state.decode_pool = DecodePool(
         max_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
@@ -122,12 +138,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout_s=settings.request_timeout_s,
         threads=settings.image_threads,
     )
-    serving = asyncio.create_task(_serve(app, runtime))
+    await _start_accepting(app, await _prepare(app))
     try:
         yield
     finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
         if app.state.grpc is not None:  # calls in flight finish (each within its inference deadline)
             await app.state.grpc.stop(settings.request_timeout_s)
         await app.state.models.stop()

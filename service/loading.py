@@ -69,7 +69,7 @@ def load(settings: Settings, served: ModelRuntime | None = None) -> ModelRuntime
 def verify(runtime: ModelRuntime, settings: Settings) -> None:
     """Warm up every batch shape (no request pays for a first run) and self-test."""
     try:
-        runtime.warm_up(settings.max_batch_size)
+        runtime.warm_up(settings.max_batch_size, settings.warmup_min_s)
     except Exception as exc:  # onnxruntime's own errors, e.g. a graph that fails at some batch size
         raise ModelLoadError(f"warm-up failed: {exc}") from exc
     self_test(runtime)

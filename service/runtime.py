@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from service import fleet, gpu
 from service.contract import DIGIT_SCORE, PIXEL_MAX, PROBABILITIES, Meta
 
 log = logging.getLogger(__name__)
@@ -20,6 +26,8 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # cuDNN's heuristic conv-algorithm choice: a new batch shape costs no exhaustive benchmark run.
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+# onnxruntime's logger severities (0 verbose .. 4 fatal).
+ORT_WARNING, ORT_FATAL = 2, 4
 
 # onnxruntime type strings -> (KServe V2 datatype, numpy dtype).
 _TYPES = {
@@ -58,23 +66,90 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-def requested_providers(preference: str, available: list[str]) -> list[Any]:
-    """Providers to ask onnxruntime for: `auto` tries CUDA when the build offers it, CPU always backs up."""
-    if preference == "cpu":
+def cuda_problem(available: list[str]) -> str | None:
+    """Why CUDA cannot run the model here, found without asking onnxruntime to load it (which prints its
+    loader errors on a host without a GPU), or None."""
+    if CUDA not in available:
+        return "this onnxruntime build has no CUDA provider"
+    return gpu.problem()
+
+
+def requested_providers(preference: str, problem: str | None) -> list[Any]:
+    """Providers to ask onnxruntime for: `auto` tries CUDA unless `problem` (cuda_problem) rules it out,
+    `cuda` always does; CPU always backs up."""
+    if preference == "cpu" or (preference == "auto" and problem is not None):
         return [CPU]
-    if preference == "cuda" or CUDA in available:
-        return [(CUDA, CUDA_OPTIONS), CPU]
-    return [CPU]
+    return [(CUDA, CUDA_OPTIONS), CPU]
 
 
-def check_active(preference: str, active: list[str]) -> None:
+def check_active(preference: str, active: list[str], problem: str | None) -> None:
     """onnxruntime silently falls back to CPU when CUDA fails to load; a demand for CUDA must not."""
     if preference == "cuda" and CUDA not in active:
+        found = f": {problem}" if problem else ""
         raise ModelLoadError(
             "MNIST_PROVIDERS=cuda but the CUDA execution provider is not active "
-            f"(onnxruntime runs on {active}); check the GPU, driver, CUDA and cuDNN libraries, "
+            f"(onnxruntime runs on {active}){found}; check the GPU, driver, CUDA and cuDNN libraries, "
             "or use MNIST_PROVIDERS=auto to allow CPU"
         )
+
+
+@contextlib.contextmanager
+def _loader_output_held() -> Iterator[io.StringIO]:
+    """What onnxruntime says while it tries to load CUDA, held back: preload_dlls prints each library it
+    cannot load, and the default logger writes the provider's failure to stderr."""
+    printed = io.StringIO()
+    ort.set_default_logger_severity(ORT_FATAL)
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield printed
+    finally:
+        ort.set_default_logger_severity(ORT_WARNING)  # onnxruntime's default (it offers no getter)
+
+
+def open_session(data: bytes, options: ort.SessionOptions, preference: str) -> Any:
+    """The onnxruntime session. `auto` tries CUDA only where the driver sees a GPU, and then quietly: if it
+    does not load, one line says so (explain_cpu). `cuda` lets onnxruntime's loader errors through: they
+    say exactly which library is missing."""
+    problem = cuda_problem(ort.get_available_providers()) if preference != "cpu" else None
+    requested = requested_providers(preference, problem)
+    if requested[0] == CPU:
+        if problem is not None:
+            explain_cpu(problem, gpu_unused=False)
+        return ort.InferenceSession(data, options, providers=requested)
+    # CUDA and cuDNN from the nvidia-* wheels (the `cuda` extra) are not on the loader's path.
+    preload = getattr(ort, "preload_dlls", lambda: None)
+    if preference == "cuda":
+        preload()
+        session = ort.InferenceSession(data, options, providers=requested)
+        check_active(preference, session.get_providers(), problem)
+        return session
+    with _loader_output_held() as printed:
+        preload()
+        session = ort.InferenceSession(data, options, providers=requested)
+    if CUDA not in session.get_providers():
+        failed = [line for line in printed.getvalue().splitlines() if line.startswith("Failed to load")]
+        more = f"; {len(failed) - 1} more" if len(failed) > 1 else ""
+        detail = f" ({failed[0]}{more})" if failed else ""
+        reason = (
+            f"the driver sees a GPU but onnxruntime's CUDA provider did not load{detail}; "
+            "MNIST_PROVIDERS=cuda shows onnxruntime's own loader errors"
+        )
+        explain_cpu(reason, gpu_unused=True)
+    return session
+
+
+@cache
+def explain_cpu(reason: str, *, gpu_unused: bool) -> None:
+    """Say once per process (reloads do not repeat it) why `auto` runs on CPU: a warning if a GPU is left
+    unused, else at info level. In a worker of mnist-serve only at debug level: the CLI said it already,
+    checking the model before it started the workers."""
+    level = logging.WARNING if gpu_unused else logging.INFO
+    log.log(
+        logging.DEBUG if fleet.supervised() else level,
+        "onnxruntime runs on CPU, not CUDA: %s",
+        reason,
+        extra={"event": "provider_fallback", "reason": reason},
+    )
 
 
 def read_card(path: Path, sha256: str) -> dict[str, Any]:
@@ -110,22 +185,13 @@ class ModelRuntime:
         options.inter_op_num_threads = 1
         # Spinning intra-op threads would steal the cores the HTTP event loops need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        requested = requested_providers(providers, ort.get_available_providers())
-        if requested[0] != CPU and hasattr(ort, "preload_dlls"):
-            # CUDA and cuDNN from the nvidia-* wheels (the `cuda` extra) are not on the loader's path.
-            ort.preload_dlls()
         try:
-            self.session = ort.InferenceSession(data, options, providers=requested)
+            self.session = open_session(data, options, providers)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         self.providers: list[str] = self.session.get_providers()
-        check_active(providers, self.providers)
-        if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
-            log.warning(
-                "this onnxruntime build offers CUDA but it did not load (see above); running on CPU",
-                extra={"event": "provider_fallback", "providers": self.providers},
-            )
-
         self.path = path
         self.inputs = [TensorSpec.from_node(node) for node in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node(node) for node in self.session.get_outputs()]
@@ -186,10 +252,15 @@ class ModelRuntime:
         values = self.session.run(None, {self.input.name: x})
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
-    def warm_up(self, max_batch_size: int) -> None:
-        """Run every batch shape 1..max_batch_size once, so no request pays for a first run."""
-        for size in range(1, max_batch_size + 1):
-            self.run(np.zeros((size, *self.item_shape), dtype=self.input.dtype))
+    def warm_up(self, max_batch_size: int, min_seconds: float) -> None:
+        """Run every batch shape 1..max_batch_size once, so no request pays for a first run; repeat the
+        round until `min_seconds` have passed (MNIST_WARMUP_MIN_S)."""
+        started = time.monotonic()
+        while True:
+            for size in range(1, max_batch_size + 1):
+                self.run(np.zeros((size, *self.item_shape), dtype=self.input.dtype))
+            if time.monotonic() - started >= min_seconds:
+                return
 
     @property
     def scores_digits(self) -> bool:

@@ -29,11 +29,20 @@ class Settings(BaseSettings):
         description="ONNX model to serve; its card (test accuracy) is the .json beside it",
     )
     providers: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto: CUDA if it loads, else CPU; cuda: refuse to start without it; cpu"
+        "auto",
+        description="auto: CUDA if the driver sees a GPU and it loads, else CPU (the log says why); "
+        "cuda: refuse to start without it; cpu",
     )
     # Batching defaults measured with bench/batching.py on 2 cores (README "Configuration").
     max_batch_size: int = Field(
         64, ge=1, le=4096, description="images per onnxruntime run; warm-up runs every size 1..this"
+    )
+    warmup_min_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=600.0,
+        description="warm-up repeats every batch size until it has lasted this long: a deliberately slow "
+        "start (to rehearse a rollout or a worker restart); 0: each size once",
     )
     inline_batch_max: int = Field(
         4,

@@ -120,6 +120,13 @@ class _WorkerListener(socket.socket):
     (libuv accepts until the queue is empty): 32 keep-alive clients all landed on one of two workers, and
     the other idled. One socket per worker lets the kernel spread connections by address hash. uvicorn
     hands each worker a pickled copy of its sockets; unpickling this one binds a fresh socket.
+
+    The kernel picks among the group's listening sockets only: one that is bound but not yet listening gets
+    no connection (not even into its backlog), while one that listens gets its share whether or not the app
+    accepts them yet. A worker's socket listens once uvicorn starts serving after the app's lifespan, which
+    returns only when the model is warm (service/app.py): a starting or replacement worker takes no
+    connection before it can serve it, and the others take them all meanwhile. The supervisor's own socket
+    only holds the address; it never listens.
     """
 
     def __reduce__(self) -> tuple:

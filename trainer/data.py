@@ -33,7 +33,7 @@ VALIDATION_SIZE = 5_000
 SPLIT_SEED = 20_240_601  # fixed on purpose: every training seed sees the same validation images
 
 
-class MnistError(RuntimeError):
+class MnistDataError(RuntimeError):
     """A missing, unreadable or malformed MNIST file; the message says which file and what is wrong."""
 
 
@@ -67,25 +67,25 @@ def _read_bytes(path: Path) -> bytes:
                 return handle.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
-        raise MnistError(f"{path}: cannot read ({error}); delete it to download a fresh copy") from error
+        raise MnistDataError(f"{path}: cannot read ({error}); delete it to download a fresh copy") from error
 
 
 def parse_idx(raw: bytes, *, magic: int, count: int, shape: tuple[int, ...], name: str) -> np.ndarray:
     """Validate an idx buffer's header and size against what MNIST must be, then view it as uint8."""
     header = 4 * (1 + 1 + len(shape))
     if len(raw) < header:
-        raise MnistError(f"{name}: truncated header ({len(raw)} bytes, expected at least {header})")
+        raise MnistDataError(f"{name}: truncated header ({len(raw)} bytes, expected at least {header})")
     dims = np.frombuffer(raw, dtype=">u4", count=2 + len(shape))
     if int(dims[0]) != magic:
-        raise MnistError(f"{name}: bad magic number 0x{int(dims[0]):08x}, expected 0x{magic:08x}")
+        raise MnistDataError(f"{name}: bad magic number 0x{int(dims[0]):08x}, expected 0x{magic:08x}")
     if int(dims[1]) != count:
-        raise MnistError(f"{name}: header says {int(dims[1])} items, expected {count}")
+        raise MnistDataError(f"{name}: header says {int(dims[1])} items, expected {count}")
     if tuple(int(d) for d in dims[2:]) != shape:
-        raise MnistError(f"{name}: item shape {tuple(int(d) for d in dims[2:])}, expected {shape}")
+        raise MnistDataError(f"{name}: item shape {tuple(int(d) for d in dims[2:])}, expected {shape}")
     expected = header + count * int(np.prod(shape, dtype=np.int64))
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise MnistError(f"{name}: {what}: {len(raw)} bytes, expected {expected}")
+        raise MnistDataError(f"{name}: {what}: {len(raw)} bytes, expected {expected}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(count, *shape).copy()
 
 
@@ -118,7 +118,7 @@ def download(data_dir: Path, stem: str, mirrors: tuple[str, ...] = MIRRORS, time
         partial.write_bytes(payload)
         partial.replace(target)
         return target
-    raise MnistError(
+    raise MnistDataError(
         f"{stem} is not in {data_dir} and could not be downloaded ("
         + "; ".join(failures)
         + f"). Offline? Put the four MNIST idx files (.gz or raw) in a folder and set {DATA_DIR_ENV} "
@@ -137,7 +137,7 @@ def _load_pair(data_dir: Path, prefix: str, count: int, mirrors: tuple[str, ...]
         digests[stem] = hashlib.sha256(raw).hexdigest()
     images, labels = arrays
     if labels.max() > 9:
-        raise MnistError(f"{prefix} labels: value {int(labels.max())} is not a digit 0-9")
+        raise MnistDataError(f"{prefix} labels: value {int(labels.max())} is not a digit 0-9")
     return Split(images, labels.astype(np.int64)), digests
 
 

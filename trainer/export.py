@@ -11,12 +11,20 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from service.contract import (
+    DIGIT_SCORE,
+    INPUT,
+    INPUT_SHAPE,
+    OPSET,
+    OUTPUT_SHAPES,
+    OUTPUTS,
+    PROBABILITIES,
+    SIDE,
+    to_input,
+)
 from trainer.data import Split
 from trainer.train import predict
 
-OPSET = 17
-INPUT, LOGITS, PROBABILITIES, DIGIT_SCORE = "image", "logits", "probabilities", "digit_score"
-OUTPUTS = (LOGITS, PROBABILITIES, DIGIT_SCORE)
 MAX_ABS_DIFF = 1e-4
 MIN_COMPARED = 1000
 
@@ -36,18 +44,18 @@ class Deployable(nn.Module):
 
 
 def export_onnx(deployable: Deployable, path: Path) -> None:
-    """Write the graph: opset 17, dynamic batch dimension named "batch"."""
+    """Write the graph: the contract's opset, names and shapes, the batch dimension dynamic."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deployable.cpu().eval()
     torch.onnx.export(
         deployable,
-        (torch.zeros(1, 1, 28, 28),),
+        (torch.zeros(1, 1, SIDE, SIDE),),
         str(path),
         dynamo=False,
         opset_version=OPSET,
         input_names=[INPUT],
         output_names=list(OUTPUTS),
-        dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)},
+        dynamic_axes={name: {0: INPUT_SHAPE[0]} for name in (INPUT, *OUTPUTS)},
     )
 
 
@@ -66,7 +74,7 @@ def run_onnx(path: Path, images: np.ndarray, batch_size: int = 1000) -> dict[str
     names = [output.name for output in session.get_outputs()]
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size, None].astype(np.float32) / 255
+        x = to_input(images[i : i + batch_size])
         for name, value in zip(names, session.run(names, {INPUT: x}), strict=True):
             outputs[name].append(value)
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
@@ -100,7 +108,7 @@ def verify(path: Path, expected: dict[str, np.ndarray], split: Split) -> Verific
     outputs = run_onnx(path, split.images)
     n = len(split.labels)
     shapes = {name: value.shape for name, value in outputs.items()}
-    if shapes != {LOGITS: (n, 10), PROBABILITIES: (n, 10), DIGIT_SCORE: (n,)}:
+    if shapes != {name: (n, *shape[1:]) for name, shape in OUTPUT_SHAPES.items()}:
         raise RuntimeError(
             f"{path}: outputs {shapes}, expected logits and probabilities [N,10], digit_score [N]"
         )

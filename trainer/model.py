@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# MNIST training-set pixel statistics (of x / 255). They live in the model, so the exported graph normalizes.
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+from service.contract import CLASSES, MNIST_MEAN, MNIST_STD
+
 PARAMETER_BUDGET = 120_000
 
 
@@ -20,6 +20,7 @@ class LeNet5(nn.Module):
     ):
         super().__init__()
         c1, c2 = conv
+        # The statistics live in the model, so the exported graph normalizes (the contract says so).
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
         self.register_buffer("std", torch.tensor(MNIST_STD))
         self.features = nn.Sequential(
@@ -42,7 +43,7 @@ class LeNet5(nn.Module):
             nn.Linear(hidden[0], hidden[1]),
             nn.ReLU(inplace=True),
         )
-        self.classifier = nn.Linear(hidden[1], 10)
+        self.classifier = nn.Linear(hidden[1], CLASSES)
         self.digit = nn.Linear(hidden[1], 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

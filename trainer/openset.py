@@ -6,21 +6,24 @@ tests/trainer/test_shipped_model.py (which re-measure them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from service.contract import DIGIT_SCORE, PROBABILITIES
 from trainer.calibrate import auroc
 from trainer.data import Split
-from trainer.export import DIGIT_SCORE, PROBABILITIES, run_onnx
-from trainer.synthetic import TEST, Part, Rendered, render
+from trainer.export import run_onnx
+from trainer.synth.recipes import SEEDS, TEST
+from trainer.synth.render import Part, Rendered, render
 
 # An image the pipeline rejects ("no digit found") never reaches the model: for AUROC it ranks below all.
 PIPELINE_REJECTED_SCORE = -1.0
 
 
 def test_set(
-    mnist_test: Split, parts: list[Part] = TEST, seed: int = 3, workers: int | None = None
+    mnist_test: Split, parts: list[Part] = TEST, seed: int = SEEDS["test"], workers: int | None = None
 ) -> Rendered:
     """Fresh realistic digits (from MNIST test digits) and negatives of every kind, through the pipeline."""
     return render(parts, seed, mnist_test, workers)
@@ -63,3 +66,20 @@ def measure(model: Path, threshold: float, mnist_test: Split, rendered: Rendered
                 "excluded_as_stroke": rendered.excluded.get(name, 0),
             }
     return {"threshold": threshold, "digits": digits, "negatives": rejected}
+
+
+@dataclass
+class Measured:
+    """A digit-or-not test set: its recipe, its images and their figures (`measure`)."""
+
+    parts: list[Part]
+    rendered: Rendered
+    figures: dict
+
+
+def measure_test_set(
+    model: Path, threshold: float, mnist_test: Split, parts: list[Part], workers: int | None = None
+) -> Measured:
+    """Render the parts afresh (test seed, realistic kinds from MNIST test digits) and measure the model."""
+    rendered = test_set(mnist_test, parts, workers=workers)
+    return Measured(parts, rendered, measure(model, threshold, mnist_test, rendered))

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
+from service.contract import DIGIT_SCORE, PROBABILITIES
 from trainer.calibrate import reliability
 from trainer.data import Split
-from trainer.export import DIGIT_SCORE, PROBABILITIES
-from trainer.synthetic import Rendered
+from trainer.synth.render import Rendered
 from trainer.train import History
 
 

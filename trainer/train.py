@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from service import gpu
+from service.contract import PIXEL_MAX
 from trainer.calibrate import digit_threshold
 from trainer.data import Mnist, Split
 from trainer.model import LeNet5
-from trainer.synthetic import NOT_DIGIT, Rendered
+from trainer.synth.render import NOT_DIGIT, Rendered
 
 
 @dataclass
@@ -57,17 +60,36 @@ class History:
     cpu_seconds: float = 0.0  # this process, all threads: not inflated by other processes sharing the CPU
 
 
-def pick_device(choice: str) -> torch.device:
-    """auto -> CUDA when present, else CPU; asking for CUDA on a machine without it is an error."""
+def cuda_problem() -> str | None:
+    """Why torch cannot train on CUDA here, or None. The driver is asked first (service/gpu.py): torch's own
+    CUDA start on a host without one only adds a warning to the answer."""
+    if torch.version.cuda is None:
+        return f"this PyTorch build ({torch.__version__}) has no CUDA"
+    problem = gpu.problem()
+    if problem is not None:
+        return problem
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+    return "PyTorch cannot use the GPU" + (f": {caught[0].message}" if caught else "")
+
+
+def pick_device(choice: str) -> tuple[torch.device, str | None]:
+    """auto -> CUDA when it can run, else CPU; with the reason when auto chose CPU (None otherwise).
+    Asking for CUDA where it cannot run is an error that says why."""
+    problem = cuda_problem() if choice != "cpu" else None
     if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("mnist-train: --device cuda: no CUDA device is available (use --device cpu or auto)")
+        choice = "cpu" if problem else "cuda"
+    elif choice == "cuda" and problem:
+        raise SystemExit(
+            f"mnist-train: --device cuda: CUDA cannot run here: {problem} (use --device cpu or auto)"
+        )
     if choice == "cpu":
         # One intra-op thread per core; more only adds contention on small convolutions.
         cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
         torch.set_num_threads(len(cores))
-    return torch.device(choice)
+    return torch.device(choice), problem if choice == "cpu" else None
 
 
 def seed_everything(seed: int) -> None:
@@ -82,10 +104,12 @@ def seed_everything(seed: int) -> None:
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [N,28,28] on the host -> float [N,1,28,28] in [0,1] on the device (pinned, async on CUDA)."""
+    """uint8 [N,28,28] on the host -> float [N,1,28,28] in [0,1] on the device (pinned, async on CUDA). The
+    contract's scaling (service.contract.to_input) done in torch on the device: uint8 crosses to the GPU, 4x
+    fewer bytes than float32."""
     if device.type == "cuda":
         images = images.pin_memory()
-    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(PIXEL_MAX)
 
 
 def jitter(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -166,6 +190,110 @@ def losses(logits: torch.Tensor, digit: torch.Tensor, y: torch.Tensor) -> tuple[
     return classify, F.binary_cross_entropy_with_logits(digit, is_digit.float())
 
 
+@dataclass
+class Session:
+    """What a training run carries from batch to batch."""
+
+    config: TrainConfig
+    device: torch.device
+    model: LeNet5
+    ema: LeNet5  # the weights' moving average: evaluated, checkpointed and shipped
+    images: torch.Tensor  # uint8 [N, 28, 28] on the host
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # augmentation draws, on the device
+    shuffler: torch.Generator  # batch order
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def start(data: Mnist, extra: Rendered, config: TrainConfig, device: torch.device) -> Session:
+    """Seeded: the same config, device and thread count give the same weights."""
+    seed_everything(config.seed)
+    model = LeNet5(config.conv, config.hidden).to(device)
+    ema = copy.deepcopy(model).eval()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    shuffler = torch.Generator().manual_seed(config.seed)
+    images, labels = train_arrays(data, extra, config.limit)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.lr,
+        epochs=config.epochs,
+        steps_per_epoch=math.ceil(len(images) / config.batch_size),
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    return Session(
+        config, device, model, ema, images, labels, optimizer, schedule, scaler, generator, shuffler
+    )
+
+
+def step(session: Session, index: torch.Tensor) -> tuple[float, int, int]:
+    """One optimizer step on the batch `index` (augmented), then the moving average: (loss, digits classified
+    right, digits in the batch)."""
+    config, device = session.config, session.device
+    x = jitter(to_device(session.images[index], device), config, session.generator)
+    y = session.labels[index].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=session.amp):
+        logits, digit = session.model(x)
+        classify, detect = losses(logits.float(), digit.float(), y)
+        loss = classify + config.digit_loss_weight * detect
+    session.optimizer.zero_grad(set_to_none=True)
+    session.scaler.scale(loss).backward()
+    session.scaler.step(session.optimizer)
+    session.scaler.update()
+    session.schedule.step()
+    done = session.schedule.last_epoch  # optimizer steps so far; a short warm-up lets the average move early
+    update_ema(session.ema, session.model, min(config.ema_decay, (1 + done) / (10 + done)))
+    is_digit = y != NOT_DIGIT
+    return loss.item(), (logits.argmax(1) == y)[is_digit].sum().item(), is_digit.sum().item()
+
+
+def train_epoch(session: Session, epoch: int) -> dict:
+    """One pass over the training images in a fresh order: mean loss, and accuracy on the digits (augmented,
+    dropout on)."""
+    config = session.config
+    session.model.train()
+    order = torch.randperm(len(session.images), generator=session.shuffler)
+    total_loss, correct, seen = 0.0, 0, 0
+    steps = math.ceil(len(session.images) / config.batch_size)
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+    for at in bar:
+        index = order[at * config.batch_size : (at + 1) * config.batch_size]
+        loss, hits, digits = step(session, index)
+        total_loss += loss * len(index)
+        correct += hits
+        seen += digits
+        bar.set_postfix(loss=f"{loss:.4f}")
+    bar.close()
+    return {"train_loss": total_loss / len(session.images), "train_accuracy": correct / max(1, seen)}
+
+
+def record(history: History, row: dict, ema: nn.Module, checkpoint: Path) -> bool:
+    """Add the epoch's row; with the fewest validation errors so far, checkpoint the model. Is it the best?"""
+    history.epochs.append(row)
+    best = history.best_val_errors is None or row["val_errors"] < history.best_val_errors
+    if best:
+        history.best_epoch, history.best_val_accuracy = row["epoch"], row["val_accuracy"]
+        history.best_val_errors = row["val_errors"]
+        torch.save(ema.state_dict(), checkpoint)
+    return best
+
+
+def progress(row: dict, epochs: int, best: bool) -> str:
+    return (
+        f"epoch {row['epoch']:2d}/{epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.4f}"
+        f"  val acc {row['val_accuracy']:.4f} drawn {row['val_drawn_accuracy']:.4f}  threshold "
+        f"{row['val_threshold']:.3g} non-digits accepted {row['val_negatives_accepted']:.4f}  errors "
+        f"{row['val_errors']}  {row['seconds']:.1f}s{'  *best' if best else ''}"
+    )
+
+
 def train(
     data: Mnist,
     extra: Rendered,
@@ -176,70 +304,20 @@ def train(
 ) -> tuple[LeNet5, History]:
     """Train LeNet5 on MNIST plus the synthetic `extra` images; return the epoch with the fewest validation
     errors (`validate`; also saved to `checkpoint`)."""
-    seed_everything(config.seed)
-    model = LeNet5(config.conv, config.hidden).to(device)
-    ema = copy.deepcopy(model).eval()
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    shuffler = torch.Generator().manual_seed(config.seed)
-    images, labels = train_arrays(data, extra, config.limit)
-    steps = math.ceil(len(images) / config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps
-    )
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    session = start(data, extra, config, device)
     history = History()
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(1, config.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        order = torch.randperm(len(images), generator=shuffler)
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
-        for step in bar:
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = jitter(to_device(images[index], device), config, generator)
-            y = labels[index].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits, digit = model(x)
-                classify, detect = losses(logits.float(), digit.float(), y)
-                loss = classify + config.digit_loss_weight * detect
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            done = schedule.last_epoch  # optimizer steps so far; a short warm-up lets the average move early
-            update_ema(ema, model, min(config.ema_decay, (1 + done) / (10 + done)))
-            is_digit = y != NOT_DIGIT
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y)[is_digit].sum().item()
-            seen += is_digit.sum().item()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
         row = {
             "epoch": epoch,
-            "train_loss": total_loss / len(images),
-            "train_accuracy": correct / max(1, seen),  # digits only, augmented, dropout on
-            **validate(ema, data.validation, validation, device),
-            "seconds": time.perf_counter() - epoch_start,
+            **train_epoch(session, epoch),
+            **validate(session.ema, data.validation, validation, device),
         }
-        history.epochs.append(row)
-        best = history.best_val_errors is None or row["val_errors"] < history.best_val_errors
-        if best:
-            history.best_epoch, history.best_val_accuracy = epoch, row["val_accuracy"]
-            history.best_val_errors = row["val_errors"]
-            torch.save(ema.state_dict(), checkpoint)
-        tqdm.write(
-            f"epoch {epoch:2d}/{config.epochs}  train loss {row['train_loss']:.4f} "
-            f"acc {row['train_accuracy']:.4f}"
-            f"  val acc {row['val_accuracy']:.4f} drawn {row['val_drawn_accuracy']:.4f}  threshold "
-            f"{row['val_threshold']:.3g} non-digits accepted {row['val_negatives_accepted']:.4f}  errors "
-            f"{row['val_errors']}  {row['seconds']:.1f}s{'  *best' if best else ''}"
-        )
+        row["seconds"] = time.perf_counter() - epoch_start
+        tqdm.write(progress(row, config.epochs, record(history, row, session.ema, checkpoint)))
     history.seconds = time.perf_counter() - started
     history.cpu_seconds = time.process_time() - cpu_started
-    ema.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
-    return ema, history
+    session.ema.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+    return session.ema, history

@@ -152,7 +152,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=30.0, help="seconds per request (default %(default)s)"
     )
     parser.add_argument(
-        "--retries", type=int, default=3, help="retries of 503/connect errors (default %(default)s)"
+        "--retries",
+        type=int,
+        default=3,
+        help="retries of 503, connect errors and broken connections (default %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.concurrency < 1:

@@ -196,10 +196,18 @@ def model_info(response: httpx.Response) -> ModelInfo:
     return _parsed(response, ModelInfo.from_json)
 
 
+# The connection broke before a whole answer came: reset or closed while the request was sent or its answer
+# read (a worker killed with the request in flight, a keep-alive connection closed as it was reused).
+BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries only requests the server did not act on: a connection that never opened, and 503 with
-    Retry-After (the server's "busy or loading, come back"). Never a timeout, a 504 or a 4xx.
+    """Retries only what is safe to send again: a connection that never opened; 503 with Retry-After (the
+    server's "busy, come back"); and a connection that broke before the whole answer came (BROKEN). Every
+    call this client makes is idempotent (a prediction or a read changes nothing on the server), so one
+    whose answer was lost may be sent again. Never a timeout (the server may still be working on it), a
+    504 or a 4xx.
 
     At most `retries` retries, and none that would end later than `max_total_s` after the first try.
     Waits grow from `backoff_s` (doubling), are at least the Retry-After, and carry random jitter so that
@@ -219,7 +227,7 @@ class RetryPolicy:
         if attempt >= self.retries:
             return None
         backoff = self.backoff_s * 2**attempt
-        if isinstance(outcome, (httpx.ConnectError, httpx.ConnectTimeout)):
+        if isinstance(outcome, (httpx.ConnectError, httpx.ConnectTimeout, *BROKEN)):
             wait = backoff
         elif isinstance(outcome, httpx.Response) and outcome.status_code == 503:
             after = retry_after(outcome)

@@ -7,8 +7,11 @@ import json
 import os
 import pty
 import re
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from PIL import Image, ImageDraw
 from mnist_client import AsyncClient, Client, MnistError, ModelRef, Prediction
 from mnist_client.cli import Outcome, table
 from tests.support.liveserver import LiveServer, free_port, metric_sum
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 API_KEY = "client-test-key"
 BATCH_LIMIT = 16  # MNIST_MAX_BATCH_ITEMS of the configured server
@@ -243,6 +246,106 @@ def test_connection_failures_are_retried_within_bounds() -> None:
         assert url in failed.value.message
         # Backoff 0.25 s doubling: two retries wait at least 0.25 + 0.5 s; max_retry_s caps the total.
         assert shortest <= elapsed < longest, (retries, elapsed)
+
+
+class BreakingServer:
+    """A real TCP server on 127.0.0.1 that reads each request whole, then breaks the first `broken`
+    connections: "reset" closes with a TCP RST (a worker killed with the request in flight), "half answer"
+    sends the head and a part of the body and closes. Later ones get `answers[path]` (Connection: close)."""
+
+    def __init__(self, answers: dict[str, bytes], broken: int, how: str) -> None:
+        self.answers, self.broken, self.how = answers, broken, how
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                path = self._read_request(connection)
+                self.requests += 1
+                body = self.answers[path]
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                head += b"Content-Length: %d\r\n\r\n" % len(body)
+                if self.requests > self.broken:
+                    connection.sendall(head + body)
+                elif self.how == "half answer":
+                    connection.sendall(head + body[: len(body) // 2])
+                else:  # linger 0: close() sends RST instead of FIN
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> str:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += connection.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += connection.recv(65536)
+        return head.split(b" ")[1].decode()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "half answer"])
+def test_a_predict_whose_connection_broke_is_retried(live_server: LiveServer, how: str) -> None:
+    """Single and batch predictions, blocking and asyncio: two broken connections, then the answer; the
+    retries wait the usual backoff (0.25 s, then 0.5 s, each plus jitter)."""
+    batch = np.stack(DIGITS)
+    with Client(live_server.url) as client:
+        expected, expected_batch = client.predict(DIGITS[0]), client.predict_batch(batch)
+    answers = {
+        "/predict": httpx.post(f"{live_server.url}/predict", json={"pixels": DIGITS[0].tolist()}).content,
+        "/predict/batch": httpx.post(
+            f"{live_server.url}/predict/batch",
+            content=batch.tobytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        ).content,
+    }
+
+    async def asynchronous(url: str) -> tuple[Prediction, list[Prediction]]:
+        async with AsyncClient(url, retries=2) as client:
+            return await client.predict(DIGITS[0]), await client.predict_batch(batch)
+
+    for call in ("predict", "predict_batch", "async"):
+        server = BreakingServer(answers, broken=2, how=how)
+        started = time.monotonic()
+        try:
+            if call == "async":
+                assert asyncio.run(asynchronous(server.url)) == (expected, expected_batch)
+            else:
+                with Client(server.url, retries=2) as client:
+                    result = client.predict(DIGITS[0]) if call == "predict" else client.predict_batch(batch)
+                assert result == (expected if call == "predict" else expected_batch)
+        finally:
+            server.close()
+        assert server.requests == (4 if call == "async" else 3), call  # the async pair: 2 broken, then 2
+        assert 0.75 <= time.monotonic() - started < 10, call
+
+
+def test_broken_connections_are_retried_within_bounds() -> None:
+    """A connection that breaks every time: `retries` retries, then MnistError without a status."""
+    answers = {"/predict": b"{}"}
+    for how in ("reset", "half answer"):
+        server = BreakingServer(answers, broken=1000, how=how)
+        try:
+            with Client(server.url, retries=2) as client, pytest.raises(MnistError) as failed:
+                client.predict(DIGITS[0])
+        finally:
+            server.close()
+        assert server.requests == 3, how
+        assert failed.value.status is None and failed.value.reason == "transport error", failed.value
 
 
 # --- the CLI --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from tests.support.stack import (
 )
 
 DOCKERFILES = ("Dockerfile", "docker/trainer.Dockerfile")
-# The panels the issue asks for, each by the metric family it must read.
+# The panels the dashboard must have, each by the metric family it must read.
 REQUIRED_FAMILIES = {
     "mnist_request_duration_seconds",  # request rate, p50/p95/p99
     "mnist_errors",  # errors by code

@@ -1,8 +1,12 @@
-"""Kubernetes manifests (docker/k8s/): schema-level checks; the probes hit real routes of a live service."""
+"""Kubernetes manifests (docker/k8s/): schema-level checks; the probes hit real routes of a live service, and
+what they see while a server starts and while a worker is replaced."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import grpc
 import httpx
@@ -11,7 +15,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.settings import Settings
-from tests.support.liveserver import ROOT, LiveServer
+from tests.support.liveserver import READY_MARK, ROOT, LiveServer, start_server, stop
+from tests.support.procfs import workers
 
 K8S = ROOT / "docker" / "k8s"
 REQUIRED_SPEC = {
@@ -103,15 +108,68 @@ def test_ports_match_the_image(objects: dict[str, dict], container: dict) -> Non
 
 def test_probes_point_at_real_routes(container: dict, live_server: LiveServer) -> None:
     """Liveness must not depend on the model (a restart would not help); readiness must: the gRPC health
-    service, which serves only from a worker whose model is warm."""
+    service of the server as a whole, which serves only from a worker whose model is warm."""
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    for probe in ("startupProbe", "livenessProbe"):
-        path = container[probe]["httpGet"]["path"]
-        assert httpx.get(live_server.url + path, timeout=5).status_code == 200, path
-    assert "service" not in container["readinessProbe"]["grpc"]  # the server as a whole ("")
-    with grpc.insecure_channel(live_server.grpc) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert "service" not in container["readinessProbe"]["grpc"]  # "": the server as a whole
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe(live_server, container[name]) == 200, name
+
+
+def probe(server: LiveServer, spec: dict) -> int | None:
+    """One probe as the kubelet makes it: the HTTP status (a gRPC probe's SERVING as 200, any other
+    answer as 503), or None if the connection failed. A gRPC probe goes to the server's own gRPC port."""
+    timeout = spec.get("timeoutSeconds", 1)
+    if "grpc" in spec:
+        try:
+            with grpc.insecure_channel(server.grpc) as channel:
+                request = health_pb2.HealthCheckRequest(service=spec["grpc"].get("service", ""))
+                answer = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            unreached = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return None if exc.code() in unreached else 503
+        return 200 if answer.status == health_pb2.HealthCheckResponse.SERVING else 503
+    try:
+        return httpx.get(server.url + spec["httpGet"]["path"], timeout=timeout).status_code
+    except httpx.TransportError:
+        return None
+
+
+def probes_until(server: LiveServer, container: dict, ready_lines: int, limit_s: float) -> list[tuple]:
+    """Every probe of the pod, round after round, until the log holds `ready_lines` ready lines and every
+    probe answered 200 after that: (probe, status, whether the log held them when the answer came)."""
+    seen, deadline = [], time.monotonic() + limit_s
+    names = ("startupProbe", "livenessProbe", "readinessProbe")
+    while time.monotonic() < deadline:
+        answers = [(name, probe(server, container[name])) for name in names]
+        ready = server.log.read_text(errors="replace").count(READY_MARK) >= ready_lines
+        seen += [(name, status, ready) for name, status in answers]
+        if ready and all(status == 200 for _, status in answers):
+            return seen
+        time.sleep(0.1)
+    raise TimeoutError(f"probes never all 200 within {limit_s} s: {seen[-3:]}")
+
+
+def test_probes_of_a_starting_pod_and_of_a_replaced_worker(container: dict, model_path, tmp_path) -> None:
+    """Warm-up held for 2 s (MNIST_WARMUP_MIN_S): until a worker is ready every probe is refused at
+    connect (the startupProbe's failures, which hold off liveness), never a 503; then all three are 200.
+    A worker SIGKILLed later: its replacement warms up while the probes reach the other worker, all 200."""
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # a cold GPU start, CUDA and all
+    for name in ("livenessProbe", "readinessProbe"):  # the startupProbe holds them off; a delay would only
+        assert "initialDelaySeconds" not in container[name], name  # postpone readiness
+    env = {"MNIST_MODEL_PATH": str(model_path), "MNIST_PROVIDERS": "cpu", "MNIST_WARMUP_MIN_S": "2"}
+    server = start_server(tmp_path / "server.log", workers=2, env=env)
+    try:
+        starting = probes_until(server, container, ready_lines=1, limit_s=60)
+        assert starting[0][1] is None, "probed too late: the start was not seen"
+        assert all(status is None for _, status, ready in starting if not ready), starting
+        assert {status for _, status, _ in starting} <= {None, 200}, starting
+        probes_until(server, container, ready_lines=2, limit_s=60)  # both workers warm
+        os.kill(workers(server.process.pid)[0], signal.SIGKILL)
+        replacing = probes_until(server, container, ready_lines=3, limit_s=60)
+        assert {status for _, status, _ in replacing} == {200}, replacing
+    finally:
+        stop(server.process)
 
 
 def test_pod_runs_as_the_image_user_without_privileges(objects: dict[str, dict], container: dict) -> None:

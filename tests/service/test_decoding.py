@@ -15,7 +15,8 @@ from PIL import Image
 
 from service.errors import ApiError
 from service.images.pool import DecodePool
-from trainer.realistic import encode, large_canvas
+from trainer.synth.exports import large_canvas
+from trainer.synth.paper import encode
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 
 from tests.support.image_requests import abandon, canvas, closed_count, post
 from tests.support.procfs import MB, reset_peak, status
-from trainer.realistic import large_canvas
+from trainer.synth.exports import large_canvas
 
-SIDE = 6300  # issue 14: a valid PNG of ~170 KB, 159 MB decoded, under the 40 Mpx per-image limit
+SIDE = 6300  # a valid PNG of ~170 KB, 159 MB decoded, under the 40 Mpx per-image limit
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,9 @@ from service.images import (
 )
 from service.images import decode as decoding
 from tests.support.liveserver import ROOT
-from trainer.realistic import KINDS, encode, finish, generate, large_canvas, mnist_test, paper, specks
+from trainer.synth.digits import KINDS, generate, mnist_test
+from trainer.synth.exports import large_canvas
+from trainer.synth.paper import encode, finish, paper, specks
 
 MAX_PIXELS = 40_000_000
 

@@ -17,7 +17,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.support.liveserver import metric_sum
 from tests.support.model import DIGIT_THRESHOLD, NAME, TEST_ACCURACY, VERSION
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (5, 28, 28))

@@ -11,9 +11,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service import gpu
 from service.batching import Batcher
 from service.errors import ApiError
-from service.runtime import CPU, CUDA, CUDA_OPTIONS, ModelLoadError, ModelRuntime, requested_providers
+from service.runtime import (
+    CPU,
+    CUDA,
+    CUDA_OPTIONS,
+    ModelLoadError,
+    ModelRuntime,
+    cuda_problem,
+    explain_cpu,
+    requested_providers,
+)
 from service.settings import Settings
 from tests.support.model import NAME, VERSION, build_model
 
@@ -28,11 +38,67 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_requested_providers() -> None:
-    assert requested_providers("cpu", [CUDA, CPU]) == [CPU]
-    assert requested_providers("auto", [CPU]) == [CPU]
-    assert requested_providers("auto", [CUDA, CPU]) == [(CUDA, CUDA_OPTIONS), CPU]
-    assert requested_providers("cuda", [CPU]) == [(CUDA, CUDA_OPTIONS), CPU]
+    no_gpu = "no NVIDIA driver"
+    assert requested_providers("cpu", None) == [CPU]
+    assert requested_providers("auto", no_gpu) == [CPU]
+    assert requested_providers("auto", None) == [(CUDA, CUDA_OPTIONS), CPU]
+    assert requested_providers("cuda", no_gpu) == [(CUDA, CUDA_OPTIONS), CPU]
     assert CUDA_OPTIONS["cudnn_conv_algo_search"] == "HEURISTIC"
+
+
+def test_cuda_is_ruled_out_by_the_build_or_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before onnxruntime is asked: a build without the CUDA provider, or a driver library that is not
+    there (its loader's own message is the reason)."""
+    assert cuda_problem([CPU]) == "this onnxruntime build has no CUDA provider"
+    monkeypatch.setattr(gpu, "DRIVER", "libcuda-absent.so.1")
+    gpu.problem.cache_clear()
+    try:
+        reason = cuda_problem([CUDA, CPU])
+    finally:
+        gpu.problem.cache_clear()
+    assert reason is not None and reason.startswith("no NVIDIA driver (libcuda-absent.so.1: cannot open")
+
+
+def test_auto_tries_cuda_quietly_where_the_driver_sees_a_gpu(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture, caplog
+) -> None:
+    """This host has no GPU, so pretending the driver saw one makes onnxruntime try CUDA and fail to load
+    it: what it prints (the libraries it misses, its logger's errors) is held back, and one warning says
+    why the model runs on CPU."""
+    monkeypatch.setattr(gpu, "problem", lambda: None)
+    explain_cpu.cache_clear()
+    capfd.readouterr()
+    with caplog.at_level("DEBUG", logger="service.runtime"):
+        loaded = ModelRuntime(model_path, "auto")
+    if loaded.provider == CUDA:
+        pytest.skip("CUDA really works on this machine")
+    printed = capfd.readouterr()
+    assert "onnxruntime" not in printed.out + printed.err and "Failed to load" not in printed.out
+    [why] = [record for record in caplog.records if record.getMessage().startswith("onnxruntime runs on CPU")]
+    assert why.levelname == "WARNING" and why.event == "provider_fallback"
+    assert "the driver sees a GPU but onnxruntime's CUDA provider did not load" in why.getMessage()
+    assert "MNIST_PROVIDERS=cuda shows" in why.getMessage()
+
+
+def test_warm_up_repeats_every_batch_size_for_the_minimum_time(runtime: ModelRuntime) -> None:
+    sizes: list[int] = []
+    run = runtime.run
+
+    def counted(x: np.ndarray) -> dict[str, np.ndarray]:
+        sizes.append(len(x))
+        return run(x)
+
+    runtime.run = counted  # type: ignore[method-assign]
+    try:
+        runtime.warm_up(4, 0.0)
+        assert sizes == [1, 2, 3, 4]
+        sizes.clear()
+        started = time.monotonic()
+        runtime.warm_up(4, 0.2)
+        assert time.monotonic() - started >= 0.2
+    finally:
+        del runtime.run
+    assert len(sizes) >= 8 and len(sizes) % 4 == 0 and sizes[:4] == [1, 2, 3, 4]
 
 
 def test_auto_reports_what_onnxruntime_really_runs(model_path: Path) -> None:
@@ -50,6 +116,7 @@ def test_demanding_cuda_fails_clearly_unless_it_is_really_active(model_path: Pat
     except ModelLoadError as exc:
         assert "CUDA execution provider is not active" in str(exc)
         assert "MNIST_PROVIDERS=auto" in str(exc)
+        assert gpu.problem() is None or f": {gpu.problem()};" in str(exc)  # the driver's own reason
     else:  # a machine with a working GPU
         assert runtime.provider == CUDA
 

@@ -1,12 +1,14 @@
 """Real `python -m service` processes on 127.0.0.1: batching, the queue bound and its refusal before reading
-a body, metrics across workers, readiness, JSON logs with request IDs, and refusing to start when CUDA is
-demanded but not active."""
+a body, metrics across workers, no connection taken before the model is warm, JSON logs with request IDs,
+and refusing to start when CUDA is demanded but not active."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,11 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import gpu
 from service.settings import cores
-from tests.support.liveserver import metric_sum, start_server, stop
+from tests.support.liveserver import ROOT, metric_sum, start_server, stop
 from tests.support.model import NAME, VERSION
 from tests.support.queueing import Held, answer_while_held
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 PIXELS = np.random.default_rng(1).integers(0, 256, (64, 28, 28)).tolist()
 
@@ -124,31 +127,32 @@ def test_image_decode_queue_is_bounded(server_factory, model_env) -> None:
     assert metric_sum(text, "mnist_errors_total", reason="decode_queue_full", status="503") == len(busy)
 
 
-def test_ready_only_after_warm_up(model_env, tmp_path: Path) -> None:
-    """1024 batch shapes take seconds to warm up: live at once, ready only afterwards."""
+def test_no_connection_is_taken_before_the_model_is_warm(model_env, tmp_path: Path) -> None:
+    """1024 batch shapes take seconds to warm up: all that time after the worker has loaded the model, its
+    port refuses connections (/healthz too), and the first connection it takes finds it ready."""
     env = {**model_env, "MNIST_MAX_BATCH_SIZE": "1024", "MNIST_INTRA_OP_THREADS": "1"}
     server = start_server(tmp_path / "server.log", env=env)
-    process, url = server.process, server.url
+    process, url, log = server.process, server.url, tmp_path / "server.log"
+    refused_while_warming = 0
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "server never became live"
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "server never took a connection"
+            loaded = log.read_text().count(f"loaded {NAME}") >= 2  # the CLI's check, then the worker's
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
+                first = httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.ConnectError:
+                refused_while_warming += loaded
                 time.sleep(0.05)
-        first = httpx.get(f"{url}/readyz")
-        assert first.status_code == 503 and "loading" in first.json()["error"]
-        assert httpx.post(f"{url}/predict", json={"pixels": PIXELS[0]}).status_code == 503
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.05)
+        assert first.status_code == 200
+        assert refused_while_warming >= 5, "the warm-up was not observed"
+        assert "warmed up batch sizes 1..1024" in log.read_text()
+        assert httpx.get(f"{url}/readyz").status_code == 200
         assert httpx.post(f"{url}/predict", json={"pixels": PIXELS[0]}).status_code == 200
     finally:
         stop(process)
-    assert "warmed up batch sizes 1..1024" in (tmp_path / "server.log").read_text()
 
 
 def test_cli_owns_and_removes_its_metrics_dir(server_factory, model_env) -> None:
@@ -184,6 +188,8 @@ def test_demanding_cuda_without_a_gpu_stops_startup(model_env, tmp_path: Path) -
     assert code != 0
     assert "MNIST_PROVIDERS=cuda but the CUDA execution provider is not active" in output
     assert "Traceback" not in output
+    assert ":onnxruntime:" in output  # onnxruntime's own loader errors are let through: loud and exact
+    assert gpu.problem() is None or f": {gpu.problem()};" in output  # and the driver's reason
 
 
 # --- cheap refusals ------------------------------------------------------------------------------------
@@ -271,3 +277,12 @@ def test_json_logs_one_object_per_line_with_request_ids(server_factory, model_en
     assert requests[invalid.json()["request_id"]]["reason"] == "invalid_pixels"
     assert key not in text and '"pixels"' not in text  # no keys, no bodies
     assert json.dumps(PIXELS[0][14])[:40] not in text and "[7, 7" not in text  # no pixels
+
+
+def test_the_cli_starts_no_thread_before_it_blocks_sighup() -> None:
+    """A thread that exists before main() blocks SIGHUP would take a reload signal's default action (end the
+    server): numpy and onnxruntime start threads at import, so service.cli must not import them."""
+    code = "import os, service.cli; print(len(os.listdir('/proc/self/task')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image, ImageDraw
 
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 CLOSED = re.compile(r'^mnist_errors_total\{[^}]*reason="client_closed"[^}]*\} (\S+)$', re.MULTILINE)
 

@@ -3,6 +3,7 @@ for the tests and bench/ alike."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -63,3 +64,28 @@ def reset_peak(pid: int) -> None:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+TCP_LISTEN = "0A"  # the st column of /proc/net/tcp{,6}
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether `pid` holds a socket listening on local port `port` (/proc/net/tcp lists a socket once it
+    listens or connects: one only bound is not there). False for a process that is gone."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
+    except FileNotFoundError:
+        return False
+    for table in tables:
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == TCP_LISTEN and fields[9] in inodes:
+                return True
+    return False

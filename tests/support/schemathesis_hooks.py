@@ -12,7 +12,8 @@ import numpy as np
 import schemathesis
 from hypothesis import strategies as st
 
-from trainer.realistic import INKS, encode, finish, font_ink, paper, place
+from trainer.synth.ink import font_ink
+from trainer.synth.paper import INKS, encode, finish, paper, place
 
 IMAGE_BYTES = 28 * 28
 FORMATS = {

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.support.liveserver import ROOT, LiveServer
 from tests.support.machine import require_program
 from trainer.data import load_test
-from trainer.realistic import encode
+from trainer.synth.paper import encode
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [

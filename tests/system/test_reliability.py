@@ -1,7 +1,7 @@
 """Faults against real `python -m service` processes on 127.0.0.1: huge headers, stalled and slow clients,
 keep-alive idle, the connection cap, SIGTERM under load, a worker SIGKILLed under load or during its health
 check. Short timeouts via
-MNIST_* keep it bounded; bench/reliability.py measures the same against the issue's figures."""
+MNIST_* keep it bounded; bench/reliability.py measures the same against its targets."""
 
 from __future__ import annotations
 

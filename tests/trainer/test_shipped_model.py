@@ -11,14 +11,15 @@ import numpy as np
 import onnx
 import pytest
 
+from service.contract import DIGIT_SCORE, PROBABILITIES
 from tests.support.liveserver import ROOT
 from trainer import openset
 from trainer.data import load_test
-from trainer.export import DIGIT_SCORE, PROBABILITIES, run_onnx
-from trainer.negatives import KINDS
-from trainer.realistic import KINDS as REALISTIC_KINDS
+from trainer.export import run_onnx
 from trainer.report import sha256_file
-from trainer.synthetic import Part
+from trainer.synth.digits import KINDS as REALISTIC_KINDS
+from trainer.synth.negatives import KINDS
+from trainer.synth.render import Part
 
 MODELS = ROOT / "models"
 TARGET = 0.995  # on the MNIST test set, through onnxruntime

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data import DATA_DIR_ENV, FILES, IMAGES_MAGIC, MnistError, download, load_mnist
+from trainer.data import DATA_DIR_ENV, FILES, IMAGES_MAGIC, MnistDataError, download, load_mnist
 
 # The published per-digit counts of the 60k training and 10k test sets.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -65,7 +65,7 @@ def test_data_dir_comes_from_the_environment(mnist_dir: Path, monkeypatch: pytes
 )
 def test_bad_idx_file_gives_a_clear_error(tmp_path: Path, payload: bytes, message: str) -> None:
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(payload, compresslevel=1))
-    with pytest.raises(MnistError, match=r"train-images-idx3-ubyte\.gz") as error:
+    with pytest.raises(MnistDataError, match=r"train-images-idx3-ubyte\.gz") as error:
         load_mnist(tmp_path, mirrors=UNREACHABLE)
     assert message in str(error.value)
 
@@ -80,7 +80,7 @@ def test_damaged_gzip_stream_gives_a_clear_error(tmp_path: Path, mnist_dir: Path
     else:
         whole[100:200] = bytes(range(100))
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(whole))
-    with pytest.raises(MnistError, match=r"t10k-labels-idx1-ubyte\.gz: cannot read"):
+    with pytest.raises(MnistDataError, match=r"t10k-labels-idx1-ubyte\.gz: cannot read"):
         load_mnist(tmp_path, mirrors=UNREACHABLE)
 
 
@@ -92,7 +92,7 @@ def test_raw_uncompressed_files_load(tmp_path: Path, mnist_dir: Path) -> None:
 
 
 def test_missing_files_offline_name_the_variable(tmp_path: Path) -> None:
-    with pytest.raises(MnistError) as error:
+    with pytest.raises(MnistDataError) as error:
         load_mnist(tmp_path / "empty", mirrors=UNREACHABLE)
     message = str(error.value)
     assert "could not be downloaded" in message and "127.0.0.1:9" in message and DATA_DIR_ENV in message
@@ -124,6 +124,6 @@ def test_download_verifies_sha256(mirror: tuple[str, Path], mnist_dir: Path, tmp
     assert target.read_bytes() == (mnist_dir / f"{stem}.gz").read_bytes()
 
     (root / "mnist" / f"{stem}.gz").write_bytes(gzip.compress(b"not mnist"))
-    with pytest.raises(MnistError, match="does not match the expected"):
+    with pytest.raises(MnistDataError, match="does not match the expected"):
         download(tmp_path / "other", stem, mirrors=(UNREACHABLE[0], url))
     assert not (tmp_path / "other" / f"{stem}.gz").exists()

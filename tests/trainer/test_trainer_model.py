@@ -50,3 +50,29 @@ def test_ece_zero_when_confidence_matches_accuracy() -> None:
     both = np.concatenate([probabilities, probabilities])  # 55 % confident, right on 11 of 20 -> calibrated
     half_right = np.concatenate([np.zeros(11, dtype=np.int64), np.ones(9, dtype=np.int64)])
     assert expected_calibration_error(both, half_right) == pytest.approx(0.0)
+
+
+def test_auto_device_says_why_not_cuda_without_asking_torch_on_a_host_without_a_driver(monkeypatch) -> None:
+    """A CUDA build of torch on a host without a GPU: the driver's answer is the reason, and torch's CUDA
+    start (its warnings) is never reached; --device cuda fails with the same reason."""
+    from service import gpu
+    from trainer import train
+
+    def untouched() -> bool:
+        raise AssertionError("torch.cuda.is_available was asked")
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(gpu, "problem", lambda: "no NVIDIA driver (libcuda.so.1: not found)")
+    monkeypatch.setattr(torch.cuda, "is_available", untouched)
+    assert train.pick_device("auto") == (torch.device("cpu"), "no NVIDIA driver (libcuda.so.1: not found)")
+    assert train.pick_device("cpu") == (torch.device("cpu"), None)
+    with pytest.raises(SystemExit, match=r"--device cuda: CUDA cannot run here: no NVIDIA driver"):
+        train.pick_device("cuda")
+
+
+def test_auto_device_on_a_cpu_build_of_torch_names_the_build(monkeypatch) -> None:
+    from trainer import train
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    device, reason = train.pick_device("auto")
+    assert device == torch.device("cpu") and reason == f"this PyTorch build ({torch.__version__}) has no CUDA"

@@ -8,15 +8,16 @@ import contextlib
 import numpy as np
 import pytest
 
-from service.images import ImageError, read_grey, to_mnist
-from trainer import negatives, synthetic
 from trainer.calibrate import auroc, digit_threshold
 from trainer.data import Split
+from trainer.synth import negatives, recipes, render
+from trainer.synth.digits import GLYPH_KINDS
+from trainer.synth.render import ImageError
 
 
 def make(kind: str, index: int, seed: int = 0) -> bytes:
     """The item's bytes (raw pixels as their bytes), to compare items."""
-    made = negatives.KINDS[kind].make(negatives.kind_rng(seed, kind, index))
+    made = negatives.KINDS[kind].make(render.kind_rng(seed, kind, index))
     return made.tobytes() if isinstance(made, np.ndarray) else made
 
 
@@ -28,13 +29,13 @@ def test_each_kind_is_deterministic_and_reaches_the_pipeline(kind: str) -> None:
     assert len(set(first)) == 6
     images = []
     for index in range(6):
-        made = negatives.KINDS[kind].make(negatives.kind_rng(0, kind, index))
+        made = negatives.KINDS[kind].make(render.kind_rng(0, kind, index))
         if isinstance(made, np.ndarray):  # raw pixels skip the pipeline, as pixel requests do
             assert made.shape == (28, 28) and made.dtype == np.uint8
             images.append(made)
             continue
         with contextlib.suppress(ImageError):  # "no digit found": rejected before the model, counted so
-            images.append(to_mnist(read_grey(made, 50_000_000)))
+            images.append(render.through_pipeline(made))
     if not kind.endswith("noise") and kind not in {"textures", "photo crops (held out)"}:
         assert len(images) >= 5, f"{kind}: the pipeline found a shape in only {len(images)} of 6"
 
@@ -46,8 +47,8 @@ def test_held_out_kinds_are_whole_families() -> None:
         "pen kana and kanji (held out)",
     }
     assert set(negatives.TRAINED) | set(negatives.HELD_OUT) == set(negatives.KINDS)
-    assert not set(synthetic.TRAIN_NEGATIVES) & set(negatives.HELD_OUT)
-    assert all(part.kind not in negatives.HELD_OUT for part in synthetic.TRAIN + synthetic.VALIDATION)
+    assert not set(recipes.TRAIN_NEGATIVES) & set(negatives.HELD_OUT)
+    assert all(part.kind not in negatives.HELD_OUT for part in recipes.TRAIN + recipes.VALIDATION)
 
 
 def test_ambiguous_glyphs_are_never_negatives() -> None:
@@ -72,12 +73,12 @@ def test_a_vertical_stroke_is_a_one_a_flat_one_is_a_dash() -> None:
 
 
 def test_digits_drawn_the_same_ways_are_labelled() -> None:
-    for kind, make_digit in negatives.DIGIT_KINDS.items():
+    for kind, make_digit in GLYPH_KINDS.items():
         labels = []
         for i in range(8):
-            data, label = make_digit(negatives.kind_rng(0, kind, i))
+            data, label = make_digit(render.kind_rng(0, kind, i))
             assert 0 <= label <= 9
-            assert to_mnist(read_grey(data, 50_000_000)).max() > 0
+            assert render.through_pipeline(data).max() > 0
             labels.append(label)
         assert len(set(labels)) > 1
 
@@ -86,17 +87,17 @@ def test_render_does_not_depend_on_the_number_of_processes() -> None:
     digits = Split(np.zeros((3, 28, 28), np.uint8), np.arange(3))
     digits.images[:, 6:22, 12:16] = 255  # three "1"s to draw realistic images from
     parts = [
-        synthetic.Part("realistic", "canvas white-on-black", 2),
-        synthetic.Part("glyph", "pen-drawn digits", 3),
-        synthetic.Part("negative", "doodles", 4),
-        synthetic.Part("negative", "raw-pixel noise (no pipeline)", 3),
+        render.Part("realistic", "canvas white-on-black", 2),
+        render.Part("glyph", "pen-drawn digits", 3),
+        render.Part("negative", "doodles", 4),
+        render.Part("negative", "raw-pixel noise (no pipeline)", 3),
     ]
-    one = synthetic.render(parts, 5, digits, workers=1)
-    two = synthetic.render(parts, 5, digits, workers=2)
+    one = render.render(parts, 5, digits, workers=1)
+    two = render.render(parts, 5, digits, workers=2)
     assert np.array_equal(one.images, two.images) and np.array_equal(one.labels, two.labels)
     assert one.names == [p.kind for p in parts]
     assert [int(one.of(p.kind).sum()) + one.excluded.get(p.kind, 0) for p in parts] == [2, 3, 4, 3]
-    assert (one.labels[one.of("doodles")] == synthetic.NOT_DIGIT).all()
+    assert (one.labels[one.of("doodles")] == render.NOT_DIGIT).all()
     assert set(one.labels[one.is_digit]) <= set(range(10))
 
 

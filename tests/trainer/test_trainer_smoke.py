@@ -14,8 +14,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.report import sha256_file
+from trainer.synth.negatives import KINDS as NEGATIVE_KINDS
 
 METADATA_KEYS = {
     "name",

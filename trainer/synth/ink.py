@@ -1,25 +1,40 @@
-"""Ink and paper for synthetic images: printed glyphs, pen strokes, and the surfaces they are uploaded on.
+"""Ink: what is drawn, as a float alpha mask [h, w] in [0, 1] -- printed glyphs in DejaVu faces, pen strokes
+after Hershey's single-line fonts, and MNIST digits.
 
-The same renderers draw non-digits (letters, symbols, doodles) and digits (printed and pen-drawn), so that the
-only difference the model can learn between them is the shape, never the style. An "ink" is a float alpha
-mask [h, w] in [0, 1]; a surface lays it on paper or a canvas and returns the file bytes a client would send.
+Non-digits (letters, symbols, doodles) and digits (printed and pen-drawn) are drawn by the same functions, so
+that the only difference the model can learn between them is the shape, never the style.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from fontTools.ttLib import TTFont
 from HersheyFonts import HersheyFonts
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
-from trainer.realistic import INKS, Rng, encode, finish, lighting, paper, place, ruled, specks
+from trainer.synth import Rng
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 Strokes = list[np.ndarray]  # polylines, each [k, 2] (x, y) with y pointing down
+# Hershey stroke fonts with Latin letters and digits (ASCII keys); "greek", "cyrillic" and "japanese" map
+# ASCII to their own letters.
+PEN_FONTS = (
+    "futural",
+    "futuram",
+    "rowmans",
+    "rowmand",
+    "rowmant",
+    "scripts",
+    "scriptc",
+    "cursive",
+    "timesr",
+    "timesi",
+    "timesib",
+    "timesrb",
+)
 
 
 # --- printed glyphs -----------------------------------------------------------------------------------------
@@ -54,6 +69,36 @@ def printed_ink(rng: Rng, text: str, height: int) -> np.ndarray:
     canvas = canvas.rotate(angle, Image.Resampling.BICUBIC)
     box = canvas.getbbox()
     return np.asarray(canvas.crop(box), dtype=np.float32) / 255 if box else np.zeros((1, 1), np.float32)
+
+
+def font_ink(label: int, height: int, rng: Rng, angle: float = 0.0) -> np.ndarray:
+    """A printed digit in a random DejaVu face (any face: all have digits), about `height` px tall, plain
+    (the realistic kind "printed fonts")."""
+    fonts = [path for path, _ in _faces()]
+    font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), size=height)
+    canvas = Image.new("L", (height * 2, height * 2), 0)
+    ImageDraw.Draw(canvas).text((height // 2, height // 4), str(label), fill=255, font=font)
+    if angle:
+        canvas = canvas.rotate(angle, Image.Resampling.BICUBIC)
+    box = canvas.getbbox()
+    return np.asarray(canvas.crop(box), dtype=np.float32) / 255
+
+
+# --- MNIST digits -------------------------------------------------------------------------------------------
+
+
+def mnist_ink(digit: np.ndarray, height: int, angle: float = 0.0) -> np.ndarray:
+    """An MNIST digit drawn `height` px tall: smooth upscaled strokes, optionally rotated (degrees)."""
+    rows = np.flatnonzero(digit.any(axis=1))
+    cols = np.flatnonzero(digit.any(axis=0))
+    crop = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    scale = height / max(crop.size)
+    image = crop.resize(
+        (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.BICUBIC
+    )
+    if angle:
+        image = image.rotate(angle, Image.Resampling.BICUBIC, expand=True)
+    return np.clip(np.asarray(image, dtype=np.float32) / 255 * 1.2, 0, 1)
 
 
 # --- pen strokes --------------------------------------------------------------------------------------------
@@ -94,11 +139,8 @@ def densify(stroke: np.ndarray, step: float) -> np.ndarray:
     return np.stack([np.interp(at, along, stroke[:, 0]), np.interp(at, along, stroke[:, 1])], 1)
 
 
-def pen_ink(
-    rng: Rng, strokes: Strokes, height: int, *, wobble: float = 0.02, width: float | None = None
-) -> np.ndarray:
-    """Strokes drawn by hand `height` px tall: random slant, rotation and aspect, wobble, a round pen of
-    random width (a fraction of the height), antialiased by drawing at 2x."""
+def _by_hand(rng: Rng, strokes: Strokes, wobble: float) -> Strokes:
+    """The strokes in a unit box, densified, wobbled, then slanted, rotated and stretched at random."""
     points = np.concatenate(strokes)
     low, high = points.min(0), points.max(0)
     extent = float(max(high - low))
@@ -114,6 +156,15 @@ def pen_ink(
     for stroke in strokes:
         unit = densify((stroke - low) / extent, 0.03)
         shapes.append((unit + smooth_wobble(rng, len(unit), wobble)) @ matrix.T)
+    return shapes
+
+
+def pen_ink(
+    rng: Rng, strokes: Strokes, height: int, *, wobble: float = 0.02, width: float | None = None
+) -> np.ndarray:
+    """Strokes drawn by hand `height` px tall: random slant, rotation and aspect, wobble, a round pen of
+    random width (a fraction of the height), antialiased by drawing at 2x."""
+    shapes = _by_hand(rng, strokes, wobble)
     everything = np.concatenate(shapes)
     low, high = everything.min(0), everything.max(0)
     scale = 2 * height / max(float((high - low)[1]), 0.3 * float(max(high - low)), 1e-6)
@@ -131,77 +182,3 @@ def pen_ink(
     canvas = canvas.resize((max(1, canvas.width // 2), max(1, canvas.height // 2)), Image.Resampling.BOX)
     box = canvas.getbbox()
     return np.asarray(canvas.crop(box), dtype=np.float32) / 255 if box else np.zeros((1, 1), np.float32)
-
-
-# --- surfaces: ink -> the file a client uploads -------------------------------------------------------------
-
-
-def _fit(alpha: np.ndarray, side: int) -> np.ndarray:
-    """Resize the ink so its longest side is `side` px."""
-    h, w = alpha.shape
-    scale = side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    image = Image.fromarray((alpha * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.float32) / 255
-
-
-def drawing_page(rng: Rng, alpha: np.ndarray) -> bytes:
-    """The service's drawing page: black ink on a white 280 x 280 canvas, PNG."""
-    canvas = np.full((280, 280, 3), 255, np.float32)
-    place(rng, canvas, _fit(alpha, int(rng.integers(120, 250))), (0, 0, 0), 0.03)
-    return encode(finish(rng, canvas, 0), "PNG")
-
-
-def canvas_transparent(rng: Rng, alpha: np.ndarray) -> bytes:
-    """A transparent web-canvas export: colour under the strokes, black RGB under alpha 0."""
-    side = int(rng.integers(150, 400))
-    rgba = np.zeros((side, side, 4), np.float32)
-    place(rng, rgba, np.clip(_fit(alpha, int(side * rng.uniform(0.4, 0.85))) * 1.5, 0, 1), (255,) * 4, 0.03)
-    colour = np.asarray([(0, 0, 0), (30, 60, 200), (255, 255, 255)][rng.integers(3)], np.float32)
-    rgba[..., :3] = (rgba[..., :3] > 0) * colour
-    return encode(Image.fromarray(rgba.astype(np.uint8), "RGBA"), "PNG")
-
-
-def canvas_dark(rng: Rng, alpha: np.ndarray) -> bytes:
-    """White strokes on black (the MNIST convention), PNG."""
-    side = int(rng.integers(100, 400))
-    canvas = np.zeros((side, side, 3), np.float32)
-    place(rng, canvas, _fit(alpha, int(side * rng.uniform(0.4, 0.85))), (255, 255, 255), 0.03)
-    return encode(finish(rng, canvas, 0), "PNG")
-
-
-def paper_photo(rng: Rng, alpha: np.ndarray) -> bytes:
-    """Ink on paper, scanned or photographed: plain, ruled or squared paper, coloured ink, uneven light,
-    specks, sensor noise, blur, PNG or JPEG."""
-    size = (int(rng.integers(200, 700)), int(rng.integers(200, 700)))
-    canvas = paper(rng, size)
-    height = int(min(size) * rng.uniform(0.25, 0.8))
-    surface = rng.integers(4)
-    if surface == 1:
-        ruled(rng, canvas, height / rng.uniform(0.8, 1.8), squared=False)
-    elif surface == 2:
-        ruled(rng, canvas, height / rng.uniform(2, 5), squared=True)
-    place(rng, canvas, _fit(alpha, height), INKS[rng.integers(len(INKS))], 0.04)
-    if rng.random() < 0.3:
-        specks(rng, canvas, int(rng.integers(5, 40)))
-    if rng.random() < 0.4:
-        lighting(rng, canvas)
-    image = finish(rng, canvas, float(rng.uniform(0, 6)))
-    if rng.random() < 0.3:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    if rng.random() < 0.5:
-        return encode(image, "JPEG", quality=int(rng.integers(30, 95)))
-    return encode(image, "PNG")
-
-
-SURFACES: Sequence[Callable[[Rng, np.ndarray], bytes]] = (
-    drawing_page,
-    canvas_transparent,
-    canvas_dark,
-    paper_photo,
-)
-
-
-def upload(rng: Rng, alpha: np.ndarray) -> bytes:
-    """The ink on a random surface: the drawing page and paper most often."""
-    return SURFACES[rng.choice(len(SURFACES), p=[0.3, 0.15, 0.15, 0.4])](rng, alpha)
