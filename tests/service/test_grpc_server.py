@@ -328,9 +328,9 @@ def health_status(target: str, service: str = "") -> int:
 
 
 def test_health_follows_readiness(tmp_path: Path) -> None:
-    """No gRPC connection, so no health answer, while a worker warms up (here: every batch size up to 512);
-    SERVING for the server and the V2 service once it is ready; NOT_FOUND for another service."""
-    server = start_server(tmp_path / "server.log", workers=1, env={"MNIST_MAX_BATCH_SIZE": "512"})
+    """No gRPC connection, so no health answer, while a worker warms up (held for 3 s here); SERVING for the
+    server and the V2 service once it is ready; NOT_FOUND for another service."""
+    server = start_server(tmp_path / "server.log", workers=1, env={"MNIST_WARMUP_MIN_S": "3"})
     try:
         deadline = time.monotonic() + 90
         while "loaded lenet5" not in server.log.read_text():
