@@ -61,8 +61,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
 WORKDIR /opt/mnist
 USER 10001:10001
-EXPOSE 8000
+# HTTP (REST, KServe V2, /metrics) and KServe V2 over gRPC (MNIST_GRPC_PORT).
+EXPOSE 8000 8001
+# Ready: /readyz 200 and grpc.health.v1 SERVING (service/healthcheck.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+    CMD ["python3", "-m", "service.healthcheck", "--port", "8000"]
 ENTRYPOINT ["mnist-serve"]
 CMD ["--host", "0.0.0.0", "--port", "8000"]

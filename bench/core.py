@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,19 +34,31 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 @contextmanager
 def server(
-    *, workers: int = 1, env: dict[str, str] | None = None, folder: Path | None = None
+    *, workers: int = 1, env: dict[str, str] | None = None, folder: Path | None = None, cwd: Path = ROOT
 ) -> Iterator[LiveServer]:
     """A real `python -m service` on 127.0.0.1, every worker warmed up; stopped afterwards. Its log goes to
-    `folder` (kept: for a caller that reads it afterwards), else to a temporary folder."""
+    `folder` (kept: for a caller that reads it afterwards), else to a temporary folder. `cwd`: the checkout
+    whose service runs (`checkout`)."""
     if folder is not None:
-        with run_server(folder, workers=workers, env=env) as live:
+        with run_server(folder, workers=workers, env=env, cwd=cwd) as live:
             yield live
         return
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
-        run_server(Path(tmp), workers=workers, env=env) as live,
+        run_server(Path(tmp), workers=workers, env=env, cwd=cwd) as live,
     ):
         yield live
+
+
+@contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """The service as it was at a git revision, in a temporary folder (for a server to run from it)."""
+    with tempfile.TemporaryDirectory(prefix="bench-checkout-") as folder:
+        archive = subprocess.run(
+            ["git", "archive", revision, "service"], cwd=ROOT, check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        yield Path(folder)
 
 
 def with_cpu(pid: int, work: Callable[[], T]) -> tuple[T, float]:

@@ -18,7 +18,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.core import ROOT, parser
+from bench.core import checkout, parser
 from service.images import ImageError, read_digit, read_grey
 from service.settings import Settings
 from trainer.synth.digits import KINDS, mnist_test
@@ -122,11 +121,7 @@ print(sorted(per_round)[len(per_round) // 2])
 
 def baseline_ms(revision: str, files: list[bytes], rounds: int) -> float:
     """cpu_ms of the pipeline as it was at a git revision, in a subprocess on a checkout of it."""
-    with tempfile.TemporaryDirectory(prefix="bench-images-") as folder:
-        archive = subprocess.run(
-            ["git", "archive", revision, "service"], cwd=ROOT, check=True, capture_output=True
-        )
-        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    with checkout(revision) as folder:
         done = subprocess.run(
             [sys.executable, "-c", _BASELINE],
             input=pickle.dumps((files, rounds, MAX_PIXELS)),

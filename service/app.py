@@ -1,4 +1,5 @@
-"""The FastAPI application: lifespan (load, warm up, serve), routers, middleware, JSON error handlers."""
+"""The FastAPI application: lifespan (load, warm up, serve HTTP and then gRPC), routers, middleware, JSON
+error handlers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,14 +21,15 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from uvicorn.config import STARTUP_FAILURE
 
-from service import errors, logs, openapi
+from service import errors, logs, openapi, tracing
 from service.errors import ApiError, Internal, Reason, Unprocessable
 from service.images.pool import DecodePool
 from service.loading import load
-from service.middleware import BodyLimit, Observe
+from service.middleware import BodyLimit, Observe, Traced
 from service.repository import ModelRepository
 from service.routers import health, page, predict, repository, v2
 from service.settings import Settings
+from service.v2 import grpc_server
 
 log = logging.getLogger("service")
 
@@ -90,22 +93,30 @@ async def _prepare(app: FastAPI) -> float:
         started = time.perf_counter()
         await app.state.models.start(runtime)
     except Exception as exc:
-        log.critical(
-            "cannot serve %s: %s; stopping", settings.model_path, exc, extra={"event": "startup_failed"}
-        )
-        logging.shutdown()
-        os._exit(STARTUP_FAILURE)  # uvicorn's supervisor stops the server on this code instead of restarting
+        _stop_worker(f"cannot serve {settings.model_path}: {exc}")
     # Startup objects live forever: keep them out of the collector's way, so full collections stay short.
     gc.collect()
     gc.freeze()
     return time.perf_counter() - started
 
 
-def _start_accepting(app: FastAPI, warm_up_s: float) -> None:
+def _stop_worker(reason: str) -> NoReturn:
+    """A worker that cannot serve would stay unready for good: stop it instead, with the reason."""
+    log.critical("%s; stopping", reason, extra={"event": "startup_failed"})
+    logging.shutdown()
+    os._exit(STARTUP_FAILURE)  # uvicorn's supervisor stops the server on this code instead of restarting
+
+
+async def _start_accepting(app: FastAPI, warm_up_s: float) -> None:
     """The one place where this worker starts taking work, called once its model is loaded, warm and
     self-tested. HTTP: uvicorn listens on the worker's socket as soon as the lifespan yields, right after
     this; until then the kernel hands the worker no connection (service/supervisor.py), and the other
-    workers serve. Any other listener (a gRPC server) starts here too, for the same reason."""
+    workers serve. The gRPC server (service/v2/grpc_server.py) starts here, for the same reason; a gRPC
+    port it cannot bind stops the worker."""
+    try:
+        app.state.grpc = await grpc_server.start(app.state.models, app.state.settings, app.version)
+    except OSError as exc:
+        _stop_worker(str(exc))
     log.info(
         "warmed up batch sizes 1..%d in %.2f s; ready",
         app.state.settings.max_batch_size,
@@ -117,7 +128,8 @@ def _start_accepting(app: FastAPI, warm_up_s: float) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Prepare the model, then start accepting: a worker that takes a connection can serve it, so a 200
-    from /readyz holds for every connection (a start, a replaced worker)."""
+    from /readyz holds for every connection (a start, a replaced worker). On shutdown: drain gRPC, stop the
+    model, flush the traces."""
     settings: Settings = app.state.settings
     app.state.decode_pool = DecodePool(
         max_pixels=settings.max_image_pixels,
@@ -126,11 +138,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout_s=settings.request_timeout_s,
         threads=settings.image_threads,
     )
-    _start_accepting(app, await _prepare(app))
+    await _start_accepting(app, await _prepare(app))
     try:
         yield
     finally:
+        if app.state.grpc is not None:  # calls in flight finish (each within its inference deadline)
+            await app.state.grpc.stop(settings.request_timeout_s)
         await app.state.models.stop()
+        tracing.shutdown()  # export the last spans
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -146,6 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.models = ModelRepository(settings)  # empty (503) until the lifespan has loaded the model
+    app.state.grpc = None  # the gRPC server, once the model is ready
+    tracing.configure(settings, app.version)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -165,5 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, access_log=logs.access_enabled(settings.log_format))
+    if tracing.active:  # outermost: the access record is written inside the request's span
+        app.add_middleware(Traced)
     openapi.document(app)
     return app

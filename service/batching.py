@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import metrics
+from service import metrics, tracing
 from service.errors import Busy, Reason, Timeout, Unprocessable
 
 Outputs = dict[str, np.ndarray]
@@ -23,7 +23,9 @@ Outputs = dict[str, np.ndarray]
 class _Pending:
     x: np.ndarray
     future: asyncio.Future
+    trace: tracing.SpanContext | None  # the request's span, when tracing is on
     enqueued: float = field(default_factory=time.perf_counter)
+    enqueued_ns: int = 0  # wall clock, for its queue-wait span (only when traced)
 
 
 class Batcher:
@@ -83,6 +85,11 @@ class Batcher:
         self._queue_wait = metrics.QUEUE_WAIT.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
         self._inference = metrics.INFERENCE_DURATION.labels(*labels, provider)
+        self._span_attributes = {
+            "mnist.model.name": labels[0],
+            "mnist.model.version": labels[1],
+            "mnist.provider": provider,
+        }
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
@@ -166,9 +173,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         futures = []
         queue, part = (self._small, k) if k <= self.reserve else (self._large, self._chunk)
+        traced = tracing.current()
         for start in range(0, k, part):
             future = loop.create_future()
-            queue.append(_Pending(x[start : start + part], future))
+            pending = _Pending(x[start : start + part], future, traced)
+            if traced is not None:
+                pending.enqueued_ns = tracing.now()
+            queue.append(pending)
             futures.append(future)
         self._queued += k
         self._wake.set()
@@ -243,6 +254,7 @@ class Batcher:
                 continue
             self._running = True
             started = time.perf_counter()
+            started_ns = tracing.now() if tracing.active else 0
             for item in batch:
                 self._queue_wait.observe(started - item.enqueued)
             x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
@@ -263,12 +275,30 @@ class Batcher:
             self._batch_size.observe(len(x))
             if self.on_batch is not None:
                 self.on_batch(outputs)
-            start = 0
-            for item in batch:
-                end = start + len(item.x)
-                if not item.future.done():
-                    item.future.set_result({name: value[start:end] for name, value in outputs.items()})
-                start = end
+            self._deliver(batch, outputs)
+            if started_ns:
+                self._trace(batch, len(x), started_ns)
+
+    @staticmethod
+    def _deliver(batch: list[_Pending], outputs: Outputs) -> None:
+        """Each request's rows of the batch's outputs."""
+        start = 0
+        for item in batch:
+            end = start + len(item.x)
+            if not item.future.done():
+                item.future.set_result({name: value[start:end] for name, value in outputs.items()})
+            start = end
+
+    def _trace(self, batch: list[_Pending], images: int, started_ns: int) -> None:
+        """The batch's span and each traced request's queue-wait and run spans (service/tracing.py)."""
+        requests = [(item.trace, item.enqueued_ns) for item in batch if item.trace is not None]
+        if requests:
+            attributes = {
+                **self._span_attributes,
+                "mnist.batch.size": images,
+                "mnist.batch.requests": len(batch),
+            }
+            tracing.record_batch(requests, started_ns, tracing.now(), attributes)
 
     def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float]:
         """The model run and nothing else (in the worker thread, Python would contend for the GIL)."""

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         print(settings_table())
         return
     os.environ["MNIST_WORKERS"] = str(args.workers)  # workers build their own Settings from the environment
+    os.environ[fleet.HOST_ENV] = args.host  # gRPC listens where HTTP does
     settings = _settings()
     logs.configure(settings.log_format, settings.log_level)
     # uvicorn re-raises SIGTERM after a graceful shutdown; exit normally so the cleanup below runs.

@@ -171,9 +171,10 @@ def body(error: ApiError, request_id: str | None = None) -> bytes:
     return orjson.dumps(content)
 
 
-def count(error: ApiError) -> None:
-    """Every refusal is counted by reason and status, whether or not an answer can still be sent."""
-    metrics.ERRORS.labels(error.reason.value, str(error.status)).inc()
+def count(error: ApiError, protocol: str = "http") -> None:
+    """Every refusal is counted by reason, status and protocol, whether or not an answer can still be sent
+    (a gRPC refusal under the HTTP status of the same error)."""
+    metrics.ERRORS.labels(error.reason.value, str(error.status), protocol).inc()
 
 
 def response(error: ApiError, scope: Scope) -> Response:

@@ -19,6 +19,7 @@ from typing import Any
 
 SUPERVISOR_ENV = "MNIST_SUPERVISOR_PID"
 STATUS_DIR_ENV = "MNIST_STATUS_DIR"
+HOST_ENV = "MNIST_BIND_HOST"  # the CLI's --host, for the workers' gRPC server (service/v2/grpc_server.py)
 
 
 def supervised() -> bool:

@@ -2,7 +2,8 @@
 Elasticsearch, from our loggers and uvicorn's alike.
 
 Records carry what an operator filters on as `extra` fields (`event`, `request_id`, `route`, `status`,
-`reason`, ...); the text format shows only the message. Nothing here sees request bodies, pixels or keys:
+`reason`, ...), and with tracing on `trace_id` and `span_id` of the span they were written in; the text
+format shows only the message. Nothing here sees request bodies, pixels or keys:
 only what the callers pass, and they pass none of those.
 """
 
@@ -15,6 +16,8 @@ from typing import Any, Literal, TextIO
 
 import orjson
 from uvicorn.config import LOGGING_CONFIG
+
+from service import tracing
 
 LogFormat = Literal["text", "json"]
 
@@ -50,6 +53,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 doc[key] = value
+        doc.update(tracing.ids())  # the request's span, when tracing is on
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()

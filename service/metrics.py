@@ -40,8 +40,9 @@ MODEL = ("model", "version")
 
 REQUEST_DURATION = Histogram(
     "mnist_request_duration_seconds",
-    "HTTP request duration by route template, method and status.",
-    ("route", "method", "status"),
+    "Request duration by protocol (http, grpc), route template (gRPC: the method's path), method and status "
+    "(gRPC: the HTTP status of the same outcome).",
+    ("protocol", "route", "method", "status"),
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_DURATION = Histogram(
@@ -57,7 +58,9 @@ QUEUE_WAIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram("mnist_batch_size", "Images per onnxruntime run.", MODEL, buckets=BATCH_BUCKETS)
-IN_FLIGHT = Gauge("mnist_requests_in_flight", "HTTP requests being served.", multiprocess_mode="livesum")
+IN_FLIGHT = Gauge(
+    "mnist_requests_in_flight", "HTTP requests and gRPC calls being served.", multiprocess_mode="livesum"
+)
 QUEUE_DEPTH = Gauge(
     "mnist_queue_depth",
     "Images waiting in the batching queue, sampled as work arrives and as each batch starts.",
@@ -81,7 +84,11 @@ CONFIDENCE = Histogram(
     MODEL,
     buckets=CONFIDENCE_BUCKETS,
 )
-ERRORS = Counter("mnist_errors", "Refused or failed requests by reason.", ("reason", "status"))
+ERRORS = Counter(
+    "mnist_errors",
+    "Refused or failed requests by reason, status and protocol.",
+    ("reason", "status", "protocol"),
+)
 MODEL_INFO = Gauge(
     "mnist_model_info",
     "The model being served: 1; a model a reload replaced: 0.",

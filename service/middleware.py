@@ -1,5 +1,6 @@
-"""The ASGI layers every request passes: its body limit, and everything that watches it (ID, duration, in
-flight, access record). Pure ASGI: a Starlette BaseHTTPMiddleware layer would cost a task per request."""
+"""The ASGI layers every request passes: its body limit, everything that watches it (ID, duration, in
+flight, access record), and with tracing on its server span. Pure ASGI: a Starlette BaseHTTPMiddleware
+layer would cost a task per request."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors, logs, metrics, requestid
+from service import errors, logs, metrics, requestid, tracing
 from service.errors import Reason, TooLarge
 
 
@@ -85,7 +86,9 @@ class Observe:
             key = (route, scope["method"], status)
             duration = self.durations.get(key)
             if duration is None:
-                duration = self.durations[key] = metrics.REQUEST_DURATION.labels(route, key[1], str(status))
+                duration = self.durations[key] = metrics.REQUEST_DURATION.labels(
+                    "http", route, key[1], str(status)
+                )
             duration.observe(seconds)
             if self.access_log:
                 self._log(scope, state, route, status, seconds)
@@ -108,3 +111,49 @@ class Observe:
                 "reason": state.get("reason"),
             },
         )
+
+
+class Traced:
+    """The server span of each request (service/tracing.py), outside Observe so that the access record is
+    written inside it; added only when tracing is on. It continues the caller's `traceparent` and is named
+    for the route template once the router has matched it; /healthz, /readyz and /metrics are not traced."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in tracing.UNTRACED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate")
+        }
+        method = scope["method"]
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        status = 500
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracing.server_span(method, carrier, attributes) as span:
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route is not None:
+                    span.update_name(f"{method} {route}")
+                state = scope.get("state", {})
+                outcome = {
+                    "http.response.status_code": status,
+                    "mnist.request_id": state.get("request_id", ""),
+                }
+                if route is not None:
+                    outcome["http.route"] = route
+                if state.get("model_version"):
+                    outcome["mnist.model.version"] = state["model_version"]
+                tracing.outcome(span, status, outcome)

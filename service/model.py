@@ -19,7 +19,7 @@ from service.contract import DIGIT_SCORE, PROBABILITIES
 from service.loading import digit_threshold
 from service.runtime import CPU, ModelRuntime
 from service.settings import Settings
-from service.v2_protocol import Signature
+from service.v2.core import Signature
 
 log = logging.getLogger(__name__)
 PLATFORM = "onnxruntime_onnx"  # the KServe V2 platform name of an ONNX model on onnxruntime

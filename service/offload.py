@@ -15,6 +15,11 @@ INLINE_BYTES = 16 * 1024  # work on a body this small runs on the event loop
 async def parse(body: bytes, parser: Callable[..., T], *args: object, inline: bool = True) -> T:
     """`parser(body, *args)`, on the event loop for a small body (unless `inline` is off), else in the
     threadpool. A compressed body is never small: a few kB of gzip can inflate to megabytes."""
-    if inline and len(body) <= INLINE_BYTES:
-        return parser(body, *args)
-    return await run_in_threadpool(parser, body, *args)
+    return await call(len(body) if inline else INLINE_BYTES + 1, parser, body, *args)
+
+
+async def call(size: int, work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` on a message of `size` bytes (a gRPC request): on the event loop if it is small."""
+    if size <= INLINE_BYTES:
+        return work(*args)
+    return await run_in_threadpool(work, *args)

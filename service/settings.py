@@ -99,6 +99,27 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="open connections per worker; more get 503 + Retry-After at connect"
     )
+    # KServe V2 over gRPC (service/v2/grpc_server.py), in every worker beside HTTP.
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="KServe V2 gRPC port, on the HTTP host, in every worker; 0: off"
+    )
+    grpc_max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest gRPC message received or sent (RESOURCE_EXHAUSTED)"
+    )
+    grpc_max_concurrent_streams: int = Field(
+        100, ge=1, description="gRPC calls at once on one connection; more wait for a free stream"
+    )
+    grpc_keepalive_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="a gRPC connection quiet this long is pinged; one that does not answer is closed",
+    )
+    grpc_keepalive_timeout_s: float = Field(
+        20.0, gt=0.0, description="how long that ping waits for its answer"
+    )
+    grpc_idle_timeout_s: float = Field(
+        300.0, gt=0.0, description="a gRPC connection without a call this long is closed (GOAWAY)"
+    )
     api_key: SecretStr | None = Field(
         None, description="if set, the predict and infer routes need `Authorization: Bearer` with it"
     )
@@ -117,6 +138,11 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line, and one per request"
+    )
+    tracing: bool | None = Field(
+        None,
+        description="OpenTelemetry spans over OTLP/HTTP; unset: on when OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_TRACES_SAMPLER is set",
     )
     workers: int = Field(
         default_factory=lambda: cores(), ge=1, description="worker processes (--workers overrides)"

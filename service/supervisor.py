@@ -41,9 +41,17 @@ def serve(settings: Settings, host: str, port: int, workers: int, stop: Callable
         listener = _bind(host, port, exclusive=True)
     except OSError as exc:
         stop(f"mnist-serve: cannot listen on {host}:{port}: {exc}")
+    # The workers' gRPC servers join this port's SO_REUSEPORT group; held here (bound, not listening), it is
+    # ours before any worker starts, so a port another program uses fails now, as the HTTP port does.
+    try:
+        grpc_port = _bind(host, settings.grpc_port, exclusive=True) if settings.grpc_port else None
+    except OSError as exc:
+        stop(f"mnist-serve: cannot listen for gRPC on {host}:{settings.grpc_port}: {exc}")
     os.environ[fleet.SUPERVISOR_ENV] = str(os.getpid())
     supervisor = Supervisor(config, sockets=[listener])
     supervisor.run()
+    if grpc_port is not None:
+        grpc_port.close()
     if supervisor.startup_failed:
         stop("mnist-serve: a worker could not serve the model (see above)", STARTUP_FAILURE)
 

@@ -14,6 +14,10 @@ from tests.support.machine import IN_CI
 from tests.support.model import build_model
 from trainer.data import FILES, find_file
 
+# Apps started inside the test process serve no gRPC (port 8001 may be anyone's on a shared machine);
+# real server processes get a free port of their own (tests/support/liveserver.py).
+os.environ["MNIST_GRPC_PORT"] = "0"
+
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from service import tracing
 from service.bodies import BATCH, SINGLE, Accepts, Body
 from service.dependencies import lease, require_api_key
 from service.errors import Busy, Reason, Timeout, TooLarge, Unauthorized, Unprocessable, Unsupported
@@ -120,7 +121,8 @@ async def predict(request: Request) -> Response:
     with lease(request) as model:
         body = await _admit(request, model, SINGLE)
         debug = _query_bool(request, "debug")
-        images = await body.read(request, model.image_shape)
+        with tracing.span("decode"):
+            images = await body.read(request, model.image_shape)
         if not images.any():  # an empty image has no answer; a confident guess at one would mislead
             raise Unprocessable("no digit found: every pixel of the image is 0 (background)", Reason.NO_DIGIT)
         (result,) = _predictions(await model.classify(images))
@@ -136,5 +138,6 @@ async def predict_batch(request: Request) -> Response:
     await require_api_key(request)
     with lease(request) as model:
         body = await _admit(request, model, BATCH)
-        images = await body.read(request, model.image_shape)
+        with tracing.span("decode"):
+            images = await body.read(request, model.image_shape)
         return _json({"predictions": _predictions(await model.classify(images))})

@@ -12,18 +12,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 
-from service import offload
+from service import offload, tracing
 from service.dependencies import ready_model, require_api_key, served_model
-from service.errors import BadRequest, Busy, NotFound, Reason, Timeout, TooLarge, Unauthorized, Unsupported
+from service.errors import BadRequest, Busy, NotFound, Timeout, TooLarge, Unauthorized, Unsupported
 from service.model import ServedModel
 from service.openapi import error_responses
 from service.settings import Settings
-from service.v2_protocol import (
+from service.v2.core import INPUT_TYPES, InferRequest, Signature, check_model
+from service.v2.rest import (
     EXTENSIONS,
     HEADER_LENGTH,
-    INPUT_TYPES,
-    InferRequest,
-    Signature,
     decompress,
     encode_infer_response,
     least_images,
@@ -112,9 +110,7 @@ ModelDep = Annotated[ServedModel, Depends(served_model)]
 
 async def served_version(version: str, model: ModelDep) -> None:
     """/versions/{version} routes: 404 unless it is the loaded model's version."""
-    if version != model.version:
-        message = f"unknown version {version!r} of model {model.name!r}; available: [{model.version!r}]"
-        raise NotFound(message, Reason.UNKNOWN_MODEL)
+    check_model(model, model.name, version)
 
 
 VERSIONED = [Depends(served_version)]
@@ -210,7 +206,8 @@ async def infer(request: Request, model: ModelDep) -> Response:
     request.state.model_version = model.version  # for the access record (service/middleware.py)
     settings = request.app.state.settings
     body = await request.body()
-    parsed = await offload.parse(body, _parse, request.headers, spec, settings, inline=not compressed)
+    with tracing.span("parse"):
+        parsed = await offload.parse(body, _parse, request.headers, spec, settings, inline=not compressed)
     results = await model.infer(parsed.images)
     content, headers = encode_infer_response(parsed, results, spec, name=model.name, version=model.version)
     return Response(content, headers=headers)

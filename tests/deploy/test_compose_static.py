@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +18,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from tests.support.liveserver import ROOT, LiveServer
+from tests.support.liveserver import ROOT, LiveServer, free_port
 from tests.support.machine import require_program
 from tests.support.stack import (
     DASHBOARD,
@@ -140,7 +143,10 @@ def test_compose_services_are_healthchecked_ordered_and_restarted() -> None:
     # The api healthcheck is the image's (readiness, not mere liveness); compose only tunes its timing.
     assert "test" not in services["api"]["healthcheck"]
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "/readyz" in re.search(r"^HEALTHCHECK .*?\n(?=\S)", dockerfile, re.MULTILINE | re.DOTALL).group()
+    healthcheck = re.search(r"^HEALTHCHECK .*?\n(?=\S)", dockerfile, re.MULTILINE | re.DOTALL).group()
+    assert '"-m", "service.healthcheck"' in healthcheck
+    published = {port["target"]: port["published"] for port in services["api"]["ports"]}
+    assert published == {8000: "8000", 8001: "8001"}  # HTTP and gRPC, as the image exposes them
     # The trainer only runs on demand and writes into the repository's models/.
     assert services["trainer"]["profiles"] == ["train"]
     mounts = {volume["target"]: volume["source"] for volume in services["trainer"]["volumes"]}
@@ -195,3 +201,17 @@ def test_dashboard_reads_only_metrics_the_service_exports(live_server: LiveServe
     assert used <= exported, f"not exported by the service: {sorted(used - exported)}"
     families = {re.sub(r"_(bucket|count|sum|total)$", "", name) for name in used}
     assert families >= REQUIRED_FAMILIES, f"no panel for {sorted(REQUIRED_FAMILIES - families)}"
+
+
+def test_the_image_health_check_asks_http_and_grpc(live_server: LiveServer, tmp_path: Path) -> None:
+    """service.healthcheck passes on a ready server, and fails when its gRPC port does not answer."""
+
+    def check(grpc_port: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "service.healthcheck", "--port", live_server.url.rsplit(":", 1)[1]]
+        environment = {**os.environ, "MNIST_GRPC_PORT": grpc_port}
+        return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+
+    assert check(live_server.grpc.rsplit(":", 1)[1]).returncode == 0
+    nobody = check(str(free_port()))
+    assert nobody.returncode == 1 and "gRPC health" in nobody.stderr and "UNAVAILABLE" in nobody.stderr
+    assert check("0").returncode == 0  # gRPC off: HTTP readiness alone

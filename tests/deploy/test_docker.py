@@ -170,7 +170,7 @@ def test_image_serves_and_stops_gracefully(engine: dict[str, str], image: str) -
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["digit"] in range(10) and body["model"]["name"] == "lenet5"
-        requests = (("method", "POST"), ("route", "/predict"), ("status", "200"))
+        requests = (("method", "POST"), ("protocol", "http"), ("route", "/predict"), ("status", "200"))
         assert scrape(url)[("mnist_request_duration_seconds_count", requests)] == 1
         assert serving_provider(url) == "CPUExecutionProvider"  # the CPU image says what serves
 

@@ -8,10 +8,13 @@ import re
 import signal
 import time
 
+import grpc
 import httpx
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.settings import Settings
 from tests.support.liveserver import READY_MARK, ROOT, LiveServer, start_server, stop
 from tests.support.procfs import workers
 
@@ -84,34 +87,49 @@ def test_selectors_match_the_pod_labels(objects: dict[str, dict]) -> None:
 
 
 def test_ports_match_the_image(objects: dict[str, dict], container: dict) -> None:
-    image_port = int(dockerfile_instruction("EXPOSE"))
-    (port,) = container["ports"]
-    assert port["containerPort"] == image_port
-    (service_port,) = objects["Service"]["spec"]["ports"]
-    assert service_port["targetPort"] == port["name"]
+    http_port, grpc_port = map(int, dockerfile_instruction("EXPOSE").split())
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert (
+        ports == {"http": http_port, "grpc": grpc_port}
+        and grpc_port == Settings.model_fields["grpc_port"].default
+    )
+    targets = {port["name"]: port["targetPort"] for port in objects["Service"]["spec"]["ports"]}
+    assert targets == {"http": "http", "grpc": "grpc"}
     (endpoint,) = objects["ServiceMonitor"]["spec"]["endpoints"]
-    assert endpoint["port"] == service_port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == image_port
+    assert int(annotations["prometheus.io/port"]) == http_port
     assert annotations["prometheus.io/path"] == "/metrics"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["port"] == port["name"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    assert container["readinessProbe"]["grpc"]["port"] == grpc_port  # a gRPC probe takes a number
 
 
 def test_probes_point_at_real_routes(container: dict, live_server: LiveServer) -> None:
-    """Liveness must not depend on the model (a restart would not help); readiness must."""
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    """Liveness must not depend on the model (a restart would not help); readiness must: the gRPC health
+    service of the server as a whole, which serves only from a worker whose model is warm."""
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        path = container[probe]["httpGet"]["path"]
-        assert httpx.get(live_server.url + path, timeout=5).status_code == 200, path
+    assert "service" not in container["readinessProbe"]["grpc"]  # "": the server as a whole
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe(live_server, container[name]) == 200, name
 
 
-def probe(url: str, spec: dict) -> int | None:
-    """One probe as the kubelet makes it: the status, or None if the connection failed."""
+def probe(server: LiveServer, spec: dict) -> int | None:
+    """One probe as the kubelet makes it: the HTTP status (a gRPC probe's SERVING as 200, any other
+    answer as 503), or None if the connection failed. A gRPC probe goes to the server's own gRPC port."""
+    timeout = spec.get("timeoutSeconds", 1)
+    if "grpc" in spec:
+        try:
+            with grpc.insecure_channel(server.grpc) as channel:
+                request = health_pb2.HealthCheckRequest(service=spec["grpc"].get("service", ""))
+                answer = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            unreached = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return None if exc.code() in unreached else 503
+        return 200 if answer.status == health_pb2.HealthCheckResponse.SERVING else 503
     try:
-        return httpx.get(url + spec["httpGet"]["path"], timeout=spec.get("timeoutSeconds", 1)).status_code
+        return httpx.get(server.url + spec["httpGet"]["path"], timeout=timeout).status_code
     except httpx.TransportError:
         return None
 
@@ -122,7 +140,7 @@ def probes_until(server: LiveServer, container: dict, ready_lines: int, limit_s:
     seen, deadline = [], time.monotonic() + limit_s
     names = ("startupProbe", "livenessProbe", "readinessProbe")
     while time.monotonic() < deadline:
-        answers = [(name, probe(server.url, container[name])) for name in names]
+        answers = [(name, probe(server, container[name])) for name in names]
         ready = server.log.read_text(errors="replace").count(READY_MARK) >= ready_lines
         seen += [(name, status, ready) for name, status in answers]
         if ready and all(status == 200 for _, status in answers):
@@ -185,8 +203,6 @@ def test_graceful_termination(objects: dict[str, dict], container: dict) -> None
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    from service.settings import Settings
-
     timeout = Settings().request_timeout_s
     assert pod["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + timeout
     strategy = objects["Deployment"]["spec"]["strategy"]["rollingUpdate"]

@@ -63,7 +63,7 @@ def test_a_request_over_the_pixel_budget_is_refused_with_413(
             f"{2 * SIDE * SIDE}; send fewer or smaller images"
         )
         metrics = httpx.get(f"{server.url}/metrics").text
-        assert 'mnist_errors_total{reason="request_too_large",status="413"} 1.0' in metrics
+        assert 'mnist_errors_total{protocol="http",reason="request_too_large",status="413"} 1.0' in metrics
 
 
 def test_an_abandoned_batch_stops_decoding_and_other_images_are_served(

@@ -208,8 +208,9 @@ def test_health_docs_and_metrics(client: TestClient) -> None:
         "mnist_prediction_confidence_bucket",
     ):
         assert name in text, name
-    assert 'mnist_request_duration_seconds_count{method="POST",route="/predict",status="200"}' in text
-    assert 'mnist_errors_total{reason="invalid_pixels",status="422"}' in text
+    labels = 'method="POST",protocol="http",route="/predict",status="200"'
+    assert f"mnist_request_duration_seconds_count{{{labels}}}" in text
+    assert 'mnist_errors_total{protocol="http",reason="invalid_pixels",status="422"}' in text
     assert f'mnist_model_info{{model="{NAME}",provider="CPUExecutionProvider",sha256="' in text
     assert 'le="0.0001"' in text and 'le="10.0"' in text
 

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from service.errors import ApiError
-from service.v2_protocol import (
+from service.v2.core import InferRequest, RequestedOutput, Signature
+from service.v2.rest import (
     HEADER_LENGTH,
-    InferRequest,
-    RequestedOutput,
-    Signature,
     decompress,
     encode_infer_response,
     least_images,

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
 from service.settings import Settings
-from service.v2_protocol import HEADER_LENGTH
+from service.v2.rest import HEADER_LENGTH
 from tests.support.liveserver import LiveServer
 from tests.support.queueing import Held, answer_while_held
 from trainer.data import load_test
@@ -324,7 +324,7 @@ def test_v2_routes_are_measured(live_server: LiveServer, client: triton.Inferenc
     httpx.post(live_server.url + INFER, content=b"{")
     text = httpx.get(f"{live_server.url}/metrics").text
     assert 'route="/v2/models/{name}/ready"' in text
-    assert 'mnist_errors_total{reason="invalid_request",status="400"}' in text
+    assert 'mnist_errors_total{protocol="http",reason="invalid_request",status="400"}' in text
 
 
 def test_api_key_guards_infer_but_not_health(server_factory: Callable, images: np.ndarray) -> None:

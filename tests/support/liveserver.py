@@ -40,21 +40,28 @@ class LiveServer:
     url: str
     process: subprocess.Popen
     log: Path
+    grpc: str = ""  # host:port of its gRPC server; empty when MNIST_GRPC_PORT is 0
 
 
-def start_server(log: Path, *, workers: int = 1, env: dict[str, str] | None = None) -> LiveServer:
-    """`python -m service` on a free 127.0.0.1 port, output to `log`; not waited for."""
+def start_server(
+    log: Path, *, workers: int = 1, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> LiveServer:
+    """`python -m service` on a free 127.0.0.1 port (and gRPC on another, unless `env` sets
+    MNIST_GRPC_PORT), output to `log`; not waited for. `cwd`: the checkout whose `service` runs."""
     port = free_port()
+    env = {"MNIST_GRPC_PORT": str(free_port()), **(env or {})}
     with log.open("wb") as out:
         command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
         process = subprocess.Popen(
             [*command, "--workers", str(workers)],
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log)
+    grpc_port = int(env["MNIST_GRPC_PORT"])
+    grpc = f"127.0.0.1:{grpc_port}" if grpc_port else ""
+    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log, grpc=grpc)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -69,14 +76,19 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def run_server(
-    tmp_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 90.0
+    tmp_dir: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 90.0,
+    cwd: Path = ROOT,
 ) -> Iterator[LiveServer]:
     """Start the service and wait (bounded) until every worker is ready; stop it afterwards.
 
     /readyz reaches one worker at a time, so it alone cannot tell that all of them have warmed up:
     each worker logs a line ending in READY_MARK when it is, and the log must hold one per worker.
     """
-    server = start_server(tmp_dir / f"server-{free_port()}.log", workers=workers, env=env)
+    server = start_server(tmp_dir / f"server-{free_port()}.log", workers=workers, env=env, cwd=cwd)
     process, log = server.process, server.log
     try:
         deadline = time.monotonic() + ready_timeout

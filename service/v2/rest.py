@@ -1,4 +1,5 @@
-"""Open Inference Protocol (KServe V2) codec: request bodies to a model batch, outputs to response bodies.
+"""The V2 REST codec: request bodies (JSON, or a JSON header + binary tensors) to a model batch, outputs to
+response bodies; what the request means is service/v2/core.py's.
 
 Pure functions, no I/O, so the wire format is testable without a server; the router reads the body and runs
 the batcher. Every size a client declares (shape, binary_data_size, header length) is checked against the
@@ -9,68 +10,34 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
-from service.errors import BadRequest, Reason, TooLarge, Unsupported
-from service.pixels import check_count
+from service.errors import Reason, TooLarge, Unsupported
+from service.v2.core import (
+    INPUT_TYPES,
+    InferRequest,
+    InputType,
+    Signature,
+    bad_request,
+    batch_shape,
+    check_input_names,
+    flag,
+    from_buffer,
+    input_type,
+    model_input,
+    output_tensors,
+    reject_unsupported,
+    requested_outputs,
+    short,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
 _INFLATE_WBITS = {"gzip": 31, "deflate": 15}
-
-
-@dataclass(frozen=True)
-class InputType:
-    """How one wire datatype arrives: numpy dtype (little-endian on the wire), JSON types, value range."""
-
-    dtype: np.dtype
-    json_types: frozenset[type]
-    high: float
-
-
-# FP32 is what the model takes ([0, 1]); UINT8 carries pixels 0..255 (4x smaller), scaled like /predict's.
-INPUT_TYPES = {
-    "FP32": InputType(np.dtype("<f4"), frozenset({int, float}), 1.0),
-    "UINT8": InputType(np.dtype("u1"), frozenset({int}), 255),
-}
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What the codec knows about the model, all read from the model itself (the runtime spec)."""
-
-    input_name: str
-    item_shape: tuple[int, ...]  # one example, e.g. (1, 28, 28); [N, *item_shape] and [N, size] are accepted
-    outputs: Mapping[str, str]  # output name -> V2 datatype, in model order
-    from_pixels: Callable[[np.ndarray], np.ndarray]  # uint8 [N, ...] -> model input, as /predict scales them
-
-    @property
-    def item_size(self) -> int:
-        return math.prod(self.item_shape)
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    """A validated request: `id` is None unless the client sent one (it is echoed only then)."""
-
-    id: str | None
-    images: np.ndarray  # float32 [N, *item_shape] in [0, 1], what the model takes
-    outputs: tuple[RequestedOutput, ...]
-
-
-def bad_request(message: str) -> BadRequest:
-    return BadRequest(message, Reason.INVALID_REQUEST)
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
@@ -81,7 +48,7 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         return body
     wbits = _INFLATE_WBITS.get(name)
     if wbits is None:
-        message = f"Content-Encoding {_short(encoding)} is not supported; use gzip, deflate or none"
+        message = f"Content-Encoding {short(encoding)} is not supported; use gzip, deflate or none"
         raise Unsupported(message)
     inflater = zlib.decompressobj(wbits)
     try:
@@ -109,20 +76,15 @@ def parse_infer_request(
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request("id must be a string")
     parameters = _object(header.get("parameters"), "parameters")
-    binary_default = _flag(parameters, "binary_data_output", "parameters")
+    binary_default = flag(parameters, "binary_data_output", "parameters")
 
     inputs = header.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise bad_request(f"inputs must be a non-empty list; the model takes one input {model.input_name!r}")
-    names = [tensor.get("name") if isinstance(tensor, dict) else None for tensor in inputs]
-    if names != [model.input_name]:
-        raise bad_request(
-            f"inputs are {_short(names)}; the model takes exactly one input {model.input_name!r}"
-        )
+    inputs = inputs if isinstance(inputs, list) else []
+    check_input_names([tensor.get("name") if isinstance(tensor, dict) else None for tensor in inputs], model)
     images, used = _decode_input(inputs[0], binary, model, max_items)
     if used != len(binary):
         raise bad_request(f"{len(binary)} bytes of binary data follow the JSON header; inputs declare {used}")
-    outputs = _requested_outputs(header.get("outputs"), list(model.outputs), binary_default)
+    outputs = requested_outputs(_outputs(header.get("outputs")), list(model.outputs), binary_default)
     return InferRequest(id=request_id, images=images, outputs=outputs)
 
 
@@ -134,15 +96,10 @@ def encode_infer_response(
     if request.id is not None:
         header["id"] = request.id
     outputs, chunks = [], []
-    for output in request.outputs:
-        array = np.ascontiguousarray(results[output.name])
-        tensor: dict[str, Any] = {
-            "name": output.name,
-            "datatype": model.outputs[output.name],
-            "shape": list(array.shape),
-        }
+    for output, datatype, array in output_tensors(request, results, model):
+        tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(array.shape)}
         if output.binary:
-            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            raw = array.tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -172,15 +129,9 @@ def _header_size(value: str | None, body_size: int) -> int:
     text = value.strip()
     if not (text.isascii() and text.isdigit() and len(text) <= 18 and 0 < int(text) <= body_size):
         raise bad_request(
-            f"{HEADER_LENGTH} must be from 1 to the body size ({body_size} bytes), got {_short(value)}"
+            f"{HEADER_LENGTH} must be from 1 to the body size ({body_size} bytes), got {short(value)}"
         )
     return int(text)
-
-
-def _short(value: Any) -> str:
-    """repr() capped in length: error messages quote client values, never at the client's length."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _load_json(data: memoryview) -> Any:
@@ -198,32 +149,16 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
-    value = parameters.get(key, False)
-    if not isinstance(value, bool):
-        raise bad_request(f"{where}.{key} must be true or false")
-    return value
-
-
-def _reject_unsupported(parameters: dict[str, Any], where: str) -> None:
-    if "shared_memory_region" in parameters:
-        raise bad_request(f"{where}: shared memory is not supported; send data or binary tensors")
-    if "classification" in parameters:
-        raise bad_request(f"{where}: the classification extension is not supported; request 'probabilities'")
-
-
-def _batch_shape(tensor: dict[str, Any], name: str, model: Signature, max_items: int) -> list[int]:
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(type(dim) is int for dim in shape):
-        raise bad_request(f"input {name!r}: shape must be a list of integers")
-    accepted = [list(model.item_shape), [model.item_size]]
-    if len(shape) < 2 or shape[1:] not in accepted:
-        forms = " or ".join("[N, " + ", ".join(map(str, form)) + "]" for form in accepted)
-        raise bad_request(f"input {name!r} has shape {_short(shape)}; expected {forms}")
-    if shape[0] < 1:
-        raise bad_request(f"input {name!r}: batch size must be at least 1, got {shape[0]}")
-    check_count(shape[0], max_items)
-    return shape
+def _outputs(requested: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """The JSON `outputs` as (name, parameters) pairs; none or null: every output."""
+    if requested is None:
+        return []
+    if not isinstance(requested, list) or not all(isinstance(output, dict) for output in requested):
+        raise bad_request("outputs must be a list of objects")
+    return [
+        (output.get("name"), _object(output.get("parameters"), f"output {output.get('name')!r} parameters"))
+        for output in requested
+    ]
 
 
 def _decode_input(
@@ -232,14 +167,10 @@ def _decode_input(
     """(images float32 [N, *item_shape] in [0, 1], binary bytes consumed) for the one input."""
     name = tensor["name"]
     datatype = tensor.get("datatype")
-    kind = INPUT_TYPES.get(datatype) if isinstance(datatype, str) else None
-    if kind is None:
-        raise bad_request(
-            f"input {name!r} has datatype {_short(datatype)}; expected one of {list(INPUT_TYPES)}"
-        )
-    shape = _batch_shape(tensor, name, model, max_items)
+    kind = input_type(datatype, name)
+    shape = batch_shape(tensor.get("shape"), name, model, max_items)
     parameters = _object(tensor.get("parameters"), f"input {name!r} parameters")
-    _reject_unsupported(parameters, f"input {name!r}")
+    reject_unsupported(parameters, f"input {name!r}")
     if "binary_data_size" in parameters:
         if "data" in tensor:
             raise bad_request(f"input {name!r} has both data and parameters.binary_data_size")
@@ -249,25 +180,19 @@ def _decode_input(
         values, used = _json_values(tensor["data"], kind, datatype, name, shape), 0
     else:
         raise bad_request(f"input {name!r} has no data and no parameters.binary_data_size")
-    if kind.dtype == np.uint8:
-        return model.from_pixels(values.reshape(shape[0], -1)), used
-    return values.reshape(shape[0], *model.item_shape), used
+    return model_input(values, kind, shape, model), used
 
 
 def _binary_values(size: Any, binary: memoryview, kind: InputType, name: str, shape: list[int]) -> np.ndarray:
-    count = math.prod(shape)
-    needed = count * kind.dtype.itemsize
+    needed = math.prod(shape) * kind.dtype.itemsize
     if type(size) is not int or size != needed:
-        raise bad_request(f"input {name!r}: binary_data_size is {_short(size)}; shape {shape} needs {needed}")
+        raise bad_request(f"input {name!r}: binary_data_size is {short(size)}; shape {shape} needs {needed}")
     if needed > len(binary):
         raise bad_request(
             f"input {name!r} needs {needed} bytes of binary data after the JSON header, whose length goes in"
             f" {HEADER_LENGTH}; the body has {len(binary)}"
         )
-    values = np.frombuffer(binary, dtype=kind.dtype, count=count)
-    if not np.all((values >= 0) & (values <= kind.high)):  # NaN fails too
-        raise bad_request(f"input {name!r}: values must be in [0, {kind.high:g}]")
-    return values
+    return from_buffer(binary, kind, name, shape)
 
 
 def _flatten(data: Any, shape: list[int], name: str) -> list[Any]:
@@ -294,26 +219,4 @@ def _json_values(data: Any, kind: InputType, datatype: str, name: str, shape: li
         if np.all((array >= 0) & (array <= kind.high)):
             return array.astype(kind.dtype)
     bad = next(value for value in values if type(value) not in kind.json_types or not 0 <= value <= kind.high)
-    raise bad_request(f"input {name!r}: {_short(bad)} is not a {datatype} value in [0, {kind.high:g}]")
-
-
-def _requested_outputs(
-    requested: Any, output_names: list[str], binary_default: bool
-) -> tuple[RequestedOutput, ...]:
-    if requested is None or requested == []:  # none named: all of them
-        return tuple(RequestedOutput(name, binary_default) for name in output_names)
-    if not isinstance(requested, list) or not all(isinstance(output, dict) for output in requested):
-        raise bad_request("outputs must be a list of objects")
-    result: list[RequestedOutput] = []
-    for output in requested:
-        name = output.get("name")
-        if name not in output_names:
-            raise bad_request(f"unknown output {_short(name)}; the model has {output_names}")
-        if any(seen.name == name for seen in result):
-            raise bad_request(f"output {name!r} is requested twice")
-        parameters = _object(output.get("parameters"), f"output {name!r} parameters")
-        _reject_unsupported(parameters, f"output {name!r}")
-        where = f"output {name!r} parameters"
-        binary = _flag(parameters, "binary_data", where) if "binary_data" in parameters else binary_default
-        result.append(RequestedOutput(name, binary))
-    return tuple(result)
+    raise bad_request(f"input {name!r}: {short(bad)} is not a {datatype} value in [0, {kind.high:g}]")
